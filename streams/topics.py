@@ -1,0 +1,59 @@
+"""The topic registry: every topic of the pipeline, with explicit partition counts and cleanup policy.
+
+Topics are always created explicitly (`streamsense topics create`, and every worker on start-up):
+auto-created topics take the broker's default partition count (4 on Tansu, 1 on many Kafka clusters),
+which breaks Faust's co-partitioning checks and silently changes key→partition mapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TEXT_IN = "text.in"
+TEXT_ENRICHED = "text.enriched"
+AUDIO_CHUNKS = "audio.chunks"
+ASR_TRANSCRIPTS = "asr.transcripts"
+CLICKS = "clicks"
+DEADLETTER = "deadletter"
+DRIFT_EVENTS = "drift.events"
+RETRAIN_REQUESTS = "retrain.requests"
+MODEL_UPDATES = "model.updates"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    doc: str
+    # None: the pipeline-wide data partition count (STREAMSENSE_PARTITIONS); control topics pin 1 for total order.
+    partitions: int | None = None
+    config: dict[str, str] = field(default_factory=dict)
+
+    def partition_count(self, default: int) -> int:
+        return self.partitions if self.partitions is not None else default
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(TEXT_IN, "text events to enrich; key = event id"),
+    TopicSpec(TEXT_ENRICHED, "text events with sentiment and entities; key = event id"),
+    TopicSpec(AUDIO_CHUNKS, "audio chunks; key = stream id"),
+    TopicSpec(ASR_TRANSCRIPTS, "timed transcript segments; key = stream id"),
+    TopicSpec(CLICKS, "click/rating events; key = user id"),
+    TopicSpec(DEADLETTER, "unprocessable input: original bytes, source topic/partition/offset, reason"),
+    TopicSpec(DRIFT_EVENTS, "drift detector alarms", partitions=1),
+    TopicSpec(RETRAIN_REQUESTS, "requests to retrain a model", partitions=1),
+    TopicSpec(
+        MODEL_UPDATES,
+        "model versions to hot-swap; key = model name (latest per key is kept)",
+        partitions=1,
+        config={"cleanup.policy": "compact"},
+    ),
+)
+
+BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in TOPICS}
+
+
+def topic_spec(name: str) -> TopicSpec:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown topic {name!r}; known topics: {', '.join(BY_NAME)}") from None
