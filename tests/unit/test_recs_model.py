@@ -1,0 +1,175 @@
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from models.recs.events import ClickEvent
+from models.recs.online_model import OnlineRecommender, RecsConfig
+
+torch.set_num_threads(1)
+GENRES = {"a": "action thriller", "b": "romance drama"}
+
+
+def bow_encoder(texts: Sequence[str], dim: int = 16) -> np.ndarray:
+    """Deterministic bag-of-words hashing: items sharing genre words get similar content vectors."""
+    out = np.zeros((len(texts), dim), np.float32)
+    for r, t in enumerate(texts):
+        for w in t.lower().split():
+            out[r, int(hashlib.md5(w.encode()).hexdigest(), 16) % dim] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def catalog() -> list[dict[str, str]]:
+    return [
+        {"item_id": f"{g}{k}", "title": f"film {g}{k}", "genres": GENRES[g]} for g in "ab" for k in range(10)
+    ]
+
+
+def make_model(**over: object) -> OnlineRecommender:
+    cfg = RecsConfig(dim=8, content_dim=16, replay_size=5000, recent_size=500, n_shared_negatives=32, **over)
+    m = OnlineRecommender(cfg, encoder=bow_encoder)
+    m.add_items(catalog())
+    return m
+
+
+def clicks(user: str, items: Sequence[str], start: int = 0, tag: str = "") -> list[ClickEvent]:
+    return [
+        ClickEvent(f"{tag}{user}-{start + n}", user, it, "click", ts=start + n) for n, it in enumerate(items)
+    ]
+
+
+def world(m: OnlineRecommender, rounds: int = 15) -> None:
+    """Users a-users click only 'a' items, b-users only 'b' items, never item 9 of either genre."""
+    rng = np.random.default_rng(0)
+    for r in range(rounds):
+        evs = []
+        for g in "ab":
+            for u in range(6):
+                items = [f"{g}{k}" for k in rng.choice(9, size=3, replace=False)]
+                evs += clicks(f"{g}user{u}", items, start=r * 10, tag=f"w{r}")
+        m.update(evs)
+
+
+def frac(recs: list[tuple[str, float]], genre: str) -> float:
+    return sum(i.startswith(genre) for i, _ in recs) / len(recs)
+
+
+def test_recommendations_follow_new_clicks() -> None:
+    m = make_model()
+    world(m)
+    m.update(clicks("newbie", ["a0", "a1", "a2"], tag="n1"))
+    for _ in range(3):
+        m.update(clicks("newbie", ["a0", "a1", "a2"], tag=f"r{_}"))  # fresh ids: repeated engagement
+    before = m.recommend("newbie", k=4)
+    assert frac(before, "a") >= 0.75
+    for r in range(8):
+        m.update(clicks("newbie", ["b0", "b1", "b2", "b3", "b4"], start=100 + 10 * r, tag=f"nb{r}"))
+    after = m.recommend("newbie", k=4)
+    assert after != before
+    assert frac(after, "b") >= 0.5
+
+
+def test_seen_items_excluded_and_included_on_request() -> None:
+    m = make_model()
+    world(m)
+    recs = m.recommend("auser0", k=20)
+    assert len(recs) == 20 - len(m.seen[m._uidx["auser0"]])
+    clicked = {m.item_ids[j] for j in m.seen[m._uidx["auser0"]]}
+    assert clicked and clicked.isdisjoint(i for i, _ in recs)
+    assert clicked & {i for i, _ in m.recommend("auser0", k=20, exclude_seen=False)}
+
+
+def test_cold_user_gets_popularity() -> None:
+    m = make_model()
+    m.update([*clicks("x", ["b3", "b3x", "a1"]), ClickEvent("p1", "y", "b3", "purchase")])
+    recs = m.recommend("never-seen", k=3)
+    assert [i for i, _ in recs] == ["b3", "a1", "b3x"]  # b3: click + purchase; a1 before b3x on a tie
+    assert recs[0][1] == pytest.approx(5.0) and recs[1][1] == pytest.approx(1.0)
+    assert m.n_items == 21  # "b3x" appeared in the stream and was added on the fly
+
+
+def test_cold_item_served_from_content() -> None:
+    m = make_model(popularity_prior=0.0)
+    world(m, rounds=25)
+    m.add_items(
+        [
+            {"item_id": "new-a", "title": "film x", "genres": GENRES["a"]},
+            {"item_id": "new-b", "title": "film y", "genres": GENRES["b"]},
+        ]
+    )
+    scores = m.score_all(["auser1", "buser1"])
+    ia, ib = m._iidx["new-a"], m._iidx["new-b"]
+    assert scores[0, ia] > scores[0, ib]
+    assert scores[1, ib] > scores[1, ia]
+
+
+def test_duplicate_event_ids_applied_once() -> None:
+    m = make_model()
+    batch = clicks("u", ["a1", "a2"])
+    s1 = m.update(batch)
+    snap = {k: v.clone() for k, v in m.state_dict()["tensors"].items()}
+    s2 = m.update(batch + batch)
+    assert (s1.applied, s1.duplicates) == (2, 0)
+    assert (s2.applied, s2.duplicates) == (0, 4)
+    for k, v in m.state_dict()["tensors"].items():
+        assert torch.equal(v, snap[k]), k
+    assert m.n_applied == 2 and s2.version == s1.version
+
+
+def test_out_of_order_timestamps_accepted() -> None:
+    m = make_model()
+    evs = [ClickEvent("1", "u", "a1", "click", ts=300), ClickEvent("2", "u", "a2", "like", ts=100)]
+    assert m.update(evs).applied == 2
+    assert m.update([ClickEvent("3", "u", "a3", "click", ts=50)]).applied == 1
+
+
+def test_state_round_trip_gives_identical_recommendations() -> None:
+    m = make_model()
+    world(m, rounds=5)
+    state = m.state_dict()
+    m2 = OnlineRecommender(encoder=bow_encoder)
+    m2.load_state_dict(state)
+    for u in ("auser0", "buser3", "cold"):
+        assert m2.recommend(u, k=5) == m.recommend(u, k=5)
+    more = clicks("auser0", ["b1", "b2"], tag="more")
+    m.update(more)
+    m2.update(more)
+    assert m2.recommend("auser0", k=5) == m.recommend("auser0", k=5)
+    assert m2.version == m.version
+    assert m2.update(more).duplicates == 2  # dedupe memory travels with the checkpoint
+
+
+def test_faiss_retrieval_matches_exact_scores() -> None:
+    m = make_model()
+    world(m, rounds=5)
+    recs = m.recommend("buser2", k=5)
+    scores = m.score_all(["buser2"])[0]
+    scores[list(m.seen[m._uidx["buser2"]])] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:5]
+    assert [i for i, _ in recs] == [m.item_ids[j] for j in top]
+    np.testing.assert_allclose([s for _, s in recs], scores[top], rtol=1e-4, atol=1e-4)
+
+
+def test_load_rejects_foreign_checkpoint() -> None:
+    with pytest.raises(ValueError):
+        make_model().load_state_dict({"model": "something-else"})
+
+
+def test_wordllama_encoder_loads_offline() -> None:
+    from models.recs.content import WordLlamaEncoder
+
+    enc = WordLlamaEncoder(dim=64)
+    e = enc(["Toy Story Adventure Animation", "Heat Action Crime", "Toy Story 2 Adventure Animation"])
+    assert e.shape == (3, 64)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-4)
+    assert e[0] @ e[2] > e[0] @ e[1]
+
+
+def test_impressions_do_not_count_as_co_occurrence() -> None:
+    m = make_model()
+    m.update([ClickEvent("1", "u", "a1", "impression"), ClickEvent("2", "u", "a2", "click")])
+    m.update([ClickEvent("3", "u", "a3", "click")])
+    assert m.history[m._uidx["u"]] == [m._iidx["a2"], m._iidx["a3"]]
+    assert m.covis[m._iidx["a2"]] == {m._iidx["a3"]: 1.0}
