@@ -63,8 +63,16 @@ def process_or_dead_letter(processor: BatchProcessor, records: list[RawRecord]) 
         return [dead_letter(r, processor=processor.name, reason=reason, error="ProcessorError") for r in records]
 
 
-def attach(app: faust.App, processor: BatchProcessor, executor: ThreadPoolExecutor | None = None) -> Any:
-    """Register `processor` as a Faust agent on `app`; returns the agent."""
+def attach(
+    app: faust.App,
+    processor: BatchProcessor,
+    partition_counts: dict[str, int],
+    executor: ThreadPoolExecutor | None = None,
+) -> Any:
+    """Register `processor` as a Faust agent on `app`; returns the agent.
+
+    `partition_counts` (topic → partitions) maps an output pinned to its input's partition number onto
+    the output topic, which may have fewer partitions on a real cluster."""
     pool = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{processor.name}-model")
     source = app.topic(
         *processor.source_topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -77,11 +85,25 @@ def attach(app: faust.App, processor: BatchProcessor, executor: ThreadPoolExecut
                                     key_serializer="raw", value_serializer="raw")
         return sinks[name]
 
-    async def deliver(outputs: list[OutRecord]) -> None:
+    checkpoint_topics = set(getattr(processor, "checkpoint_topics", ()))
+
+    async def send_all(outputs: list[OutRecord]) -> None:
         pending = [
-            await sink(o.topic).send(key=o.key, value=o.value, headers=list(o.headers) or None) for o in outputs
+            await sink(o.topic).send(
+                key=o.key,
+                value=o.value,
+                headers=list(o.headers) or None,
+                partition=None if o.partition is None else o.partition % partition_counts[o.topic],
+            )
+            for o in outputs
         ]
         await asyncio.gather(*pending)
+
+    async def deliver(outputs: list[OutRecord]) -> None:
+        # A processor's state checkpoints go out only once its other outputs are confirmed: a checkpoint
+        # that got ahead of lost outputs would make the replay skip the inputs that produced them.
+        await send_all([o for o in outputs if o.topic not in checkpoint_topics])
+        await send_all([o for o in outputs if o.topic in checkpoint_topics])
 
     @app.agent(source, name=f"streamsense.{processor.name}", concurrency=1)
     async def run(stream: faust.StreamT) -> None:
@@ -98,6 +120,25 @@ def attach(app: faust.App, processor: BatchProcessor, executor: ThreadPoolExecut
                              "reprocessed after restart", processor.name, exc_info=True)
                 os._exit(EXIT_DELIVERY_FAILED)
             record_metrics(processor.name, records, outputs, processed - started, time.perf_counter() - processed)
+
+    tick = getattr(processor, "tick", None)
+    if tick is not None:
+        @app.timer(getattr(processor, "tick_s", 1.0), name=f"streamsense.{processor.name}.tick")
+        async def ticker() -> None:
+            """Periodic work (e.g. idle-timeout flushes), on the same one-thread pool so never concurrent
+            with process(); its outputs are delivered like a batch's, fail-stop included."""
+            loop = asyncio.get_running_loop()
+            try:
+                outputs = await loop.run_in_executor(pool, tick, int(time.time() * 1000))
+            except Exception:
+                log.exception("tick of %s failed", processor.name)
+                return
+            try:
+                await deliver(outputs)
+            except Exception:
+                log.critical("could not deliver tick outputs of %s; exiting", processor.name, exc_info=True)
+                os._exit(EXIT_DELIVERY_FAILED)
+            record_metrics(processor.name, [], outputs, 0.0, 0.0)
 
     return run
 

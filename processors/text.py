@@ -2,7 +2,7 @@
 
 A batch-in, records-out function; the Faust agent around it (processors/agent.py) only moves bytes.
 Every input yields exactly one output record — an enriched event, or a dead letter saying why not — in
-input order, so per-key order is kept and nothing is dropped silently.
+input order and on the input's partition number, so per-key order is kept and nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class TextEnrichmentProcessor:
                     reason=f"enrichment failed: {type(result).__name__}: {result}",
                 )
             else:
-                outputs[i] = self._enriched(event, *result)
+                outputs[i] = self._enriched(event, records[i].partition, *result)
         missing = [i for i, o in enumerate(outputs) if o is None]
         if missing:  # a bug, never an input problem: refuse to let the batch be committed
             raise RuntimeError(f"no output for batch positions {missing}")
@@ -83,7 +83,7 @@ class TextEnrichmentProcessor:
                     isolated.append(exc)
             return isolated
 
-    def _enriched(self, event: TextIn, sentiment: Sentiment, entities: list[Entity]) -> OutRecord:
+    def _enriched(self, event: TextIn, partition: int, sentiment: Sentiment, entities: list[Entity]) -> OutRecord:
         value = text_enriched_event(
             event,
             sentiment=sentiment.to_dict(),
@@ -91,4 +91,6 @@ class TextEnrichmentProcessor:
             models=self.enricher.models,
             done_ms=self.clock(),
         )
-        return OutRecord(topic=topics.TEXT_ENRICHED, key=event.id.encode("utf-8"), value=encode(value))
+        # key = id (the contract); partition = the input's, so inputs that shared a key (hence a partition)
+        # come out in the order they went in
+        return OutRecord(topics.TEXT_ENRICHED, event.id.encode("utf-8"), encode(value), partition=partition)

@@ -14,7 +14,7 @@ import faust
 
 from processors.agent import BatchProcessor, attach
 from streams.faust_app import create_app
-from streams.kafka_io import ensure_topics
+from streams.kafka_io import describe_topics, ensure_topics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 def build_text(settings: Settings, progress: Callable[[str], None]) -> BatchProcessor:
     from models.enrichment import load_enricher
-
     from processors.text import TextEnrichmentProcessor
 
     progress(f"loading text models: sentiment={settings.sentiment_model} ner={settings.ner_model}")
@@ -36,8 +35,29 @@ def build_text(settings: Settings, progress: Callable[[str], None]) -> BatchProc
     )
 
 
+def build_asr(settings: Settings, progress: Callable[[str], None]) -> BatchProcessor:
+    from models.asr_engine import load_engine
+    from models.speech_segmenter import VADConfig
+    from processors.asr import AsrProcessor, read_checkpoints
+    from streams.settings import DEFAULT_BOOTSTRAP
+
+    progress(f"loading asr model: {settings.asr_model}")
+    engine = load_engine(settings.asr_model)
+    # same rule as kafka_io.kafka_bootstrap: no configured bootstrap means the broker at the default address
+    restored = read_checkpoints(settings, settings.bootstrap or DEFAULT_BOOTSTRAP)
+    open_streams = sum(not cp.ended for cp in restored.values())
+    progress(f"asr model ready: {engine.model_name}; restored {open_streams} open stream(s) from asr.state")
+    return AsrProcessor(
+        engine,
+        vad=VADConfig(max_segment_s=min(float(settings.asr_max_segment_s), 29.0)),
+        idle_timeout_s=settings.asr_idle_timeout_s,
+        restored=restored,
+    )
+
+
 BUILDERS: dict[str, Callable[[Settings, Callable[[str], None]], BatchProcessor]] = {
     "text": build_text,
+    "asr": build_asr,
 }
 
 
@@ -61,8 +81,9 @@ def build_app(
         progress(f"created topics: {', '.join(created)}")
     processors = [BUILDERS[name](settings, progress) for name in names]
     app = create_app(settings, bootstrap)
+    partition_counts = describe_topics(settings, bootstrap)
     for processor in processors:
-        attach(app, processor)
+        attach(app, processor, partition_counts)
 
     @app.on_partitions_assigned.connect
     async def announce(sender: faust.App, assigned: set, **_: object) -> None:  # type: ignore[type-arg]
@@ -77,4 +98,5 @@ def run_worker(settings: Settings, bootstrap: str, names: Sequence[str], logleve
     app = build_app(settings, bootstrap, names)
     progress_line(f"starting worker {settings.app_id} on {bootstrap}; processors: {', '.join(names)}")
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True, stdout=sys.stdout)
+    worker.spinner = None  # terminal escape codes would garble logs and the demo's output
     worker.execute_from_commandline()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
 import sys
@@ -51,7 +50,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         say(f"received {signal.Signals(signum).name}, stopping the broker")
-        broker.stop()
+        broker.request_stop()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -60,8 +59,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
         say(f"created topics: {', '.join(created) or '(all existed)'}")
     print(f"bootstrap: {broker.bootstrap}", flush=True)
     say("embedded Tansu broker running (memory storage); Ctrl-C to stop")
-    with contextlib.suppress(BrokerError):  # raised when a signal handler stopped it
+    try:
         broker.wait()
+    finally:
+        broker.stop()
     return 0
 
 
@@ -120,6 +121,8 @@ def text_events(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if args.kind == "audio":
+        return produce_audio(args, settings)
     if args.kind == "text":
         records = [OutRecord(topics.TEXT_IN, e["id"].encode(), encode(e)) for e in text_events(args)]
     else:  # raw: one message per line, bytes untouched (for replays and bad-input drills)
@@ -138,6 +141,26 @@ def cmd_produce(args: argparse.Namespace) -> int:
     for r in records:
         print(r.key.decode() if r.key else "-")
     say(f"produced {sent} messages to {records[0].topic}")
+    return 0
+
+
+def produce_audio(args: argparse.Namespace, settings: Settings) -> int:
+    """`produce audio FILE`: a WAV file as PCM16 chunks on audio.chunks (paced with --realtime)."""
+    from streams.audio_producer import paced, wav_chunks
+
+    if len(args.texts) != 1:
+        raise SystemExit("produce audio takes exactly one WAV file")
+    stream_id = args.stream_id or str(uuid.uuid4())
+    records = wav_chunks(args.texts[0], stream_id, args.chunk_ms)
+    with kafka_bootstrap(settings, say) as bootstrap:
+        ensure_topics(settings, bootstrap)
+        producer = make_producer(settings, bootstrap)
+        try:
+            sent = send_all(producer, paced(records, args.chunk_ms) if args.realtime else records)
+        finally:
+            producer.close()
+    print(stream_id)
+    say(f"produced {sent} chunks of stream {stream_id} to {topics.AUDIO_CHUNKS}")
     return 0
 
 
@@ -220,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_topics)
 
     r = kafka(sub.add_parser("run", help="run a worker with the chosen processors"))
-    r.add_argument("--processors", default="text", help="comma-separated: text")
+    r.add_argument("--processors", default="text", help="comma-separated: text, asr")
     r.add_argument("--web-port", type=int, help="port of /metrics and /health on 127.0.0.1 (0: off; default 6066)")
     r.add_argument("--batch-size", type=int, help="max events per model batch (default 64)")
     r.add_argument("--batch-ms", type=int, help="max wait to fill a batch (default 50)")
@@ -230,12 +253,15 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     pr = kafka(sub.add_parser("produce", help="produce events"))
-    pr.add_argument("kind", choices=["text", "raw"])
-    pr.add_argument("texts", nargs="*", help="texts to send as text.in events")
+    pr.add_argument("kind", choices=["text", "raw", "audio"])
+    pr.add_argument("texts", nargs="*", help="texts to send as text.in events; audio: one WAV file")
     pr.add_argument("--file", help="JSONL file of events ('-' for stdin); raw: lines of bytes")
     pr.add_argument("--source", default="cli")
     pr.add_argument("--topic", default=topics.TEXT_IN, help="raw: destination topic")
     pr.add_argument("--key", help="raw: message key")
+    pr.add_argument("--stream-id", help="audio: stream id (default: a new uuid)")
+    pr.add_argument("--chunk-ms", type=int, default=500, help="audio: chunk length (default 500)")
+    pr.add_argument("--realtime", action="store_true", help="audio: send no faster than real time")
     pr.set_defaults(func=cmd_produce)
 
     ta = kafka(sub.add_parser("tail", help="print a topic's messages from the beginning"))

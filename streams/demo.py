@@ -51,8 +51,13 @@ def broker_for(settings: Settings) -> Iterator[str]:
         yield broker.bootstrap
 
 
+READY_LINE = "worker ready:"
+
+
 @contextmanager
-def worker_process(bootstrap: str, processors: str, app_id: str) -> Iterator[subprocess.Popen[str]]:
+def worker_process(
+    bootstrap: str, processors: str, app_id: str, ready: threading.Event
+) -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "STREAMSENSE_APP_ID": app_id}
     cmd = [sys.executable, "-m", "streams.cli", "run", "--processors", processors,
            "--bootstrap", bootstrap, "--web-port", str(free_port())]
@@ -62,6 +67,8 @@ def worker_process(bootstrap: str, processors: str, app_id: str) -> Iterator[sub
 
     def relay() -> None:
         for line in stream:
+            if READY_LINE in line:
+                ready.set()
             if "[streamsense]" in line or "Error" in line or "Traceback" in line:
                 print(f"  worker | {line.rstrip()}", flush=True)
 
@@ -78,6 +85,17 @@ def worker_process(bootstrap: str, processors: str, app_id: str) -> Iterator[sub
                 proc.wait(timeout=10)
 
 
+def demo_records(run_id: str) -> tuple[list[dict], list[OutRecord]]:
+    """The samples as text.in events (timestamped now, so latency_ms is the pipeline's), plus bad messages."""
+    good = [text_in_event(s["text"], event_id=f"demo-{run_id}-{i:02d}", source=s.get("source", "sample"))
+            for i, s in enumerate(sample_texts())]
+    records = [OutRecord(topics.TEXT_IN, e["id"].encode(), encode(e)) for e in good]
+    for i, (_label, raw) in enumerate(BAD_SAMPLES):
+        key = f"demo-{run_id}-bad-{i}"
+        records.append(OutRecord(topics.TEXT_IN, key.encode(), raw.replace(b'"bad-', f'"{key}-'.encode())))
+    return good, records
+
+
 def run_demo(settings: Settings, *, timeout_s: float = 300.0) -> int:
     from models.sentiment_training import ensure_default_models
 
@@ -87,30 +105,28 @@ def run_demo(settings: Settings, *, timeout_s: float = 300.0) -> int:
     with broker_for(settings) as bootstrap:
         settings = settings.with_overrides(bootstrap=bootstrap)
         ensure_topics(settings, bootstrap)
-        good = [text_in_event(s["text"], event_id=f"demo-{run_id}-{i:02d}", source=s.get("source", "sample"))
-                for i, s in enumerate(sample_texts())]
-        bad = [(label, raw.replace(b'"bad-', f'"demo-{run_id}-bad-'.encode())) for label, raw in BAD_SAMPLES]
-        records = [OutRecord(topics.TEXT_IN, e["id"].encode(), encode(e)) for e in good]
-        records += [OutRecord(topics.TEXT_IN, f"demo-{run_id}-bad-{i}".encode(), raw) for i, (_, raw) in enumerate(bad)]
-        expected = len(records)
-        with worker_process(bootstrap, "text", f"streamsense-demo-{run_id}") as worker:
+        ready = threading.Event()
+        with worker_process(bootstrap, "text", f"streamsense-demo-{run_id}", ready) as worker:
+            say("starting a worker: it loads the models, then joins its consumer group (~10-20 s)")
+            if not ready.wait(timeout=max(5.0, timeout_s / 2)):
+                say("the worker is not ready yet; producing anyway (outputs wait in Kafka)")
+            good, records = demo_records(run_id)
+            expected = len(records)
             producer = make_producer(settings, bootstrap)
             send_all(producer, records)
             producer.close()
-            say(f"produced {len(good)} sample texts and {len(bad)} malformed messages to {topics.TEXT_IN}; "
-                "waiting for results (the first run loads models and joins the group: ~10-20 s)")
+            say(f"produced {len(good)} sample texts and {len(BAD_SAMPLES)} malformed messages to {topics.TEXT_IN}")
             enriched: dict[str, dict] = {}
             dead: list[dict] = []
             remaining = max(5.0, timeout_s - (time.monotonic() - started))
             for rec in read_topic(settings, bootstrap, [topics.TEXT_ENRICHED, topics.DEADLETTER], timeout_s=remaining,
-                                  stop=lambda _r: len(enriched) + len(dead) >= expected):
+                                  stop=lambda _r: len(enriched) + len(dead) >= expected,
+                                  abort=lambda: worker.poll() is not None):
                 event = json.loads(rec.value or b"{}")
                 if rec.topic == topics.TEXT_ENRICHED and event.get("id", "").startswith(f"demo-{run_id}"):
                     enriched[event["id"]] = event
                 elif rec.topic == topics.DEADLETTER and f"demo-{run_id}" in event.get("value_preview", ""):
                     dead.append(event)
-                if worker.poll() is not None:
-                    break
     print_summary(good, enriched, dead)
     missing = expected - len(enriched) - len(dead)
     say(f"{len(enriched)} enriched, {len(dead)} dead letters, {missing} missing, "

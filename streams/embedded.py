@@ -132,6 +132,11 @@ class EmbeddedBroker:
             self._log_file.close()
             self._log_file = None
 
+    def request_stop(self) -> None:
+        """Ask the broker to exit without waiting (safe inside a signal handler; `wait()` then returns)."""
+        if self.running and self._proc is not None:
+            self._proc.send_signal(signal.SIGINT)
+
     def wait(self) -> int:
         """Block until the broker exits (foreground mode of `streamsense broker`)."""
         if self._proc is None:

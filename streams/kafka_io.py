@@ -62,7 +62,8 @@ def ensure_topics(
 def describe_topics(settings: Settings, bootstrap: str) -> dict[str, int]:
     """Topic name → partition count, for every topic on the cluster."""
     with admin_client(settings, bootstrap) as admin:
-        return {t["topic"]: len(t["partitions"]) for t in admin.describe_topics()}
+        # kafka-python 3 names the field "name", 2.x "topic"
+        return {t.get("name") or t["topic"]: len(t["partitions"]) for t in admin.describe_topics()}
 
 
 def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProducer:
@@ -91,11 +92,13 @@ def read_topic(
     max_records: int | None = None,
     stop: Callable[[RawRecord], bool] | None = None,
     idle_timeout_s: float | None = None,
+    abort: Callable[[], bool] | None = None,
 ) -> Iterator[RawRecord]:
     """Yield the records of one or more topics from the beginning, without a consumer group (nothing is committed).
 
     Stops after `max_records`, when `stop(record)` is true, after `idle_timeout_s` without a record,
-    or at `timeout_s` overall — whichever comes first. `timeout_s=None` follows forever (tail -f).
+    at `timeout_s` overall, or as soon as `abort()` is true (checked between polls, e.g. "the worker died")
+    — whichever comes first. `timeout_s=None` follows forever (tail -f).
     """
     consumer = KafkaConsumer(
         **client_kwargs(settings, bootstrap),
@@ -112,6 +115,8 @@ def read_topic(
             if timeout_s is not None and now - start > timeout_s:
                 return
             if idle_timeout_s is not None and now - last > idle_timeout_s:
+                return
+            if abort is not None and abort():
                 return
             for _tp, messages in consumer.poll(timeout_ms=200).items():
                 for m in messages:

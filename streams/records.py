@@ -24,9 +24,11 @@ class RawRecord:
 
 @dataclass(frozen=True, slots=True)
 class OutRecord:
-    """One message to produce."""
+    """One message to produce. `partition`: None lets the key decide; a number pins the output to that
+    partition (modulo the topic's count), which is how a processor keeps its inputs' partition order."""
 
     topic: str
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+    partition: int | None = None

@@ -50,7 +50,7 @@ def decode_json_object(raw: bytes | None) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SchemaError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise SchemaError(f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     if not isinstance(obj, dict):
         raise SchemaError(f"expected a JSON object, got {json_type(obj)}")
     return obj

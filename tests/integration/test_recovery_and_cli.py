@@ -1,0 +1,101 @@
+"""Crash recovery and the command line, against the embedded broker."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streams import topics
+from streams.embedded import free_port, port_open
+from streams.kafka_io import describe_topics, read_topic
+from streams.settings import Settings
+from tests.integration.harness import REPO, WorkerProcess, collect, produce, text_records
+
+pytestmark = pytest.mark.integration
+
+
+def test_worker_killed_mid_stream_loses_nothing(broker: str, tmp_path: Path) -> None:
+    prefix = f"kill-{uuid.uuid4().hex[:6]}"
+    n = 600
+    app_id = f"test-kill-{uuid.uuid4().hex[:6]}"
+    first = WorkerProcess(broker, tmp_path, app_id=app_id).start()
+    try:
+        produce(broker, text_records([f"Event {i}: Alice flew from Paris to Rome, lovely trip" for i in range(n)],
+                                     prefix))
+        collect(broker, topics.TEXT_ENRICHED, 40, match=prefix, worker=first)  # mid-stream: some done, most not
+    finally:
+        first.kill()  # SIGKILL: no commit, no leave-group, no flush
+    second = WorkerProcess(broker, tmp_path, app_id=app_id).start()  # same consumer group: resumes from commits
+    try:
+        out = collect(broker, topics.TEXT_ENRICHED, n, match=prefix, worker=second, timeout_s=240)
+    finally:
+        assert second.stop() == 0
+    assert {e["id"] for e in out} == {f"{prefix}-{i:04d}" for i in range(n)}
+
+
+def streamsense(*args: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, input=input, cwd=REPO)
+
+
+def test_cli_produce_then_tail_roundtrip(broker: str) -> None:
+    marker = uuid.uuid4().hex
+    jsonl = json.dumps({"text": f"from stdin {marker}", "lang": "en"}) + "\n"
+    done = streamsense("produce", "text", f"from args {marker}", "--file", "-", "--bootstrap", broker, input=jsonl)
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.split()
+    assert len(ids) == 2 and "produced 2 messages to text.in" in done.stderr
+    tail = streamsense("tail", topics.TEXT_IN, "--bootstrap", broker, "--idle", "2", "--timeout", "30")
+    assert tail.returncode == 0, tail.stderr
+    mine = [json.loads(line) for line in tail.stdout.splitlines() if marker in line]
+    assert {e["id"] for e in mine} == set(ids)
+    assert {e.get("lang") for e in mine} == {None, "en"} and {e["source"] for e in mine} == {"cli"}
+
+
+def test_cli_rejects_a_bad_jsonl_line_before_producing(broker: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 5}\n')
+    done = streamsense("produce", "text", "--file", str(bad), "--bootstrap", broker)
+    assert done.returncode != 0 and "bad.jsonl:2: field 'text' must be a string" in done.stderr
+
+
+def test_topics_list_shows_explicit_partition_counts(broker: str) -> None:
+    done = streamsense("topics", "list", "--bootstrap", broker)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert "4 partitions" in rows["text.in"] and "1 partitions" in rows["model.updates"]
+    assert "compact" in rows["model.updates"]
+
+
+def test_broker_command_serves_kafka_and_stops_on_sigterm() -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "broker", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == f"bootstrap: 127.0.0.1:{port}"
+        bootstrap = f"127.0.0.1:{port}"
+        names = set(describe_topics(Settings(bootstrap=bootstrap), bootstrap))
+        assert set(topics.BY_NAME) <= names
+        produce(bootstrap, text_records(["hello broker"], "broker-cmd"))
+        got = list(read_topic(Settings(bootstrap=bootstrap), bootstrap, topics.TEXT_IN, max_records=1, timeout_s=20))
+        assert got and b"hello broker" in got[0].value
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    assert not port_open("127.0.0.1", port)
+
+
+def test_demo_prints_enriched_results_and_exits_zero() -> None:
+    done = streamsense("demo", "--timeout", "240", timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "16 enriched, 3 dead letters, 0 missing" in done.stdout
+    assert "Eiffel Tower/" in done.stdout or "Paris/LOC" in done.stdout
+    assert "malformed JSON" in done.stdout and "not valid UTF-8" in done.stdout
