@@ -122,6 +122,7 @@ class Settings:
     partitions: int = 4
     replication: int = 1
     session_timeout_s: int = 6
+    fetch_max_wait_ms: int = 100
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     text_batch_size: int = 64
@@ -143,6 +144,7 @@ class Settings:
             partitions=_env_int(env, "STREAMSENSE_PARTITIONS", 4),
             replication=_env_int(env, "STREAMSENSE_REPLICATION", 1),
             session_timeout_s=_env_int(env, "STREAMSENSE_SESSION_TIMEOUT_S", 6),
+            fetch_max_wait_ms=_env_int(env, "STREAMSENSE_FETCH_MAX_WAIT_MS", 100, minimum=0),
             web_host=env.get("STREAMSENSE_WEB_HOST", "127.0.0.1"),
             web_port=_env_int(env, "STREAMSENSE_WEB_PORT", 6066, minimum=0),
             text_batch_size=_env_int(env, "STREAMSENSE_TEXT_BATCH_SIZE", 64),
