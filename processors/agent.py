@@ -100,10 +100,16 @@ def attach(
         await asyncio.gather(*pending)
 
     async def deliver(outputs: list[OutRecord]) -> None:
-        # A processor's state checkpoints go out only once its other outputs are confirmed: a checkpoint
-        # that got ahead of lost outputs would make the replay skip the inputs that produced them.
-        await send_all([o for o in outputs if o.topic not in checkpoint_topics])
-        await send_all([o for o in outputs if o.topic in checkpoint_topics])
+        """Fail-stop: return only once every output is acknowledged, else exit before anything is acked."""
+        try:
+            # A processor's state checkpoints go out only once its other outputs are confirmed: a checkpoint
+            # that got ahead of lost outputs would make the replay skip the inputs that produced them.
+            await send_all([o for o in outputs if o.topic not in checkpoint_topics])
+            await send_all([o for o in outputs if o.topic in checkpoint_topics])
+        except Exception:
+            log.critical("could not deliver outputs of %s; exiting without committing so the batch is "
+                         "reprocessed after restart", processor.name, exc_info=True)
+            os._exit(EXIT_DELIVERY_FAILED)
 
     @app.agent(source, name=f"streamsense.{processor.name}", concurrency=1)
     async def run(stream: faust.StreamT) -> None:
@@ -113,12 +119,7 @@ def attach(
             started = time.perf_counter()
             outputs = await loop.run_in_executor(pool, process_or_dead_letter, processor, records)
             processed = time.perf_counter()
-            try:
-                await deliver(outputs)
-            except Exception:
-                log.critical("could not deliver outputs of %s; exiting without committing so the batch is "
-                             "reprocessed after restart", processor.name, exc_info=True)
-                os._exit(EXIT_DELIVERY_FAILED)
+            await deliver(outputs)
             record_metrics(processor.name, records, outputs, processed - started, time.perf_counter() - processed)
 
     tick = getattr(processor, "tick", None)
@@ -133,12 +134,8 @@ def attach(
             except Exception:
                 log.exception("tick of %s failed", processor.name)
                 return
-            try:
-                await deliver(outputs)
-            except Exception:
-                log.critical("could not deliver tick outputs of %s; exiting", processor.name, exc_info=True)
-                os._exit(EXIT_DELIVERY_FAILED)
-            record_metrics(processor.name, [], outputs, 0.0, 0.0)
+            await deliver(outputs)
+            record_outputs(processor.name, outputs)
 
     return run
 
@@ -151,6 +148,10 @@ def record_metrics(
     metrics.DELIVERY_SECONDS.labels(name).observe(deliver_s)
     for r in records:
         metrics.CONSUMED.labels(name, r.topic).inc()
+    record_outputs(name, outputs)
+
+
+def record_outputs(name: str, outputs: list[OutRecord]) -> None:
     for o in outputs:
         metrics.PRODUCED.labels(name, o.topic).inc()
         if o.topic == topics.DEADLETTER:

@@ -20,7 +20,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def build_text(settings: Settings, progress: Callable[[str], None]) -> BatchProcessor:
+def build_text(settings: Settings, bootstrap: str, progress: Callable[[str], None]) -> BatchProcessor:
     from models.enrichment import load_enricher
     from processors.text import TextEnrichmentProcessor
 
@@ -35,16 +35,14 @@ def build_text(settings: Settings, progress: Callable[[str], None]) -> BatchProc
     )
 
 
-def build_asr(settings: Settings, progress: Callable[[str], None]) -> BatchProcessor:
+def build_asr(settings: Settings, bootstrap: str, progress: Callable[[str], None]) -> BatchProcessor:
     from models.asr_engine import load_engine
     from models.speech_segmenter import VADConfig
     from processors.asr import AsrProcessor, read_checkpoints
-    from streams.settings import DEFAULT_BOOTSTRAP
 
     progress(f"loading asr model: {settings.asr_model}")
     engine = load_engine(settings.asr_model)
-    # same rule as kafka_io.kafka_bootstrap: no configured bootstrap means the broker at the default address
-    restored = read_checkpoints(settings, settings.bootstrap or DEFAULT_BOOTSTRAP)
+    restored = read_checkpoints(settings, bootstrap)
     open_streams = sum(not cp.ended for cp in restored.values())
     progress(f"asr model ready: {engine.model_name}; restored {open_streams} open stream(s) from asr.state")
     return AsrProcessor(
@@ -55,7 +53,7 @@ def build_asr(settings: Settings, progress: Callable[[str], None]) -> BatchProce
     )
 
 
-BUILDERS: dict[str, Callable[[Settings, Callable[[str], None]], BatchProcessor]] = {
+BUILDERS: dict[str, Callable[[Settings, str, Callable[[str], None]], BatchProcessor]] = {
     "text": build_text,
     "asr": build_asr,
 }
@@ -79,7 +77,7 @@ def build_app(
     created = ensure_topics(settings, bootstrap)
     if created:
         progress(f"created topics: {', '.join(created)}")
-    processors = [BUILDERS[name](settings, progress) for name in names]
+    processors = [BUILDERS[name](settings, bootstrap, progress) for name in names]
     app = create_app(settings, bootstrap)
     partition_counts = describe_topics(settings, bootstrap)
     for processor in processors:
