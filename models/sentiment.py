@@ -7,9 +7,9 @@ token length so padding is minimal, and the Linear layers run as dynamic int8.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,28 +170,45 @@ def _group_limit(shortest: int, slack: float) -> int:
     return max(shortest + 2, int(shortest * (1 + slack)))
 
 
-def quantize_linear(model: nn.Module) -> nn.Module:
-    """Dynamic int8 copy of the encoder's nn.Linear layers (≈all MiniLM FLOPs); the fp32 model stays usable.
+class RowInt8Linear(nn.Module):
+    """nn.Linear as an int8 GEMM with per-channel weight scales and per-row (per-token) activation scales.
 
-    Per-channel weight scales and an fp32 classifier head: with per-tensor scales over every Linear, only
-    ~89% of held-out predictions matched fp32 (the frozen-encoder head sits close to many decision
-    boundaries); per-channel recovers most of that at the same speed. Activation scales are per forward
-    pass, so int8 scores shift slightly with batch composition (fp32 ones do not).
+    Why not torch's dynamic quantization: it takes one activation scale per forward pass, so a text's
+    scores depend on which texts share its batch (measured: 6-9% of labels changed between batch-of-64 and
+    one-by-one). With one scale per token row every text is computed the same way in any batch — the
+    micro-batched stream and a per-message call give the same predictions — and accuracy stays at fp32's
+    (held-out 3-class: 0.750 vs fp32 0.741 on 1000 tweets; 98% label agreement with fp32), ~2.3x fp32 speed.
     """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    head = {
-        id(m) for m in (getattr(model, "classifier", None), getattr(model, "score", None)) if m is not None
-    }
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and id(module) not in head
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)  # torch 2.13 announces the qint8 tensor deprecation
-        return quantize_dynamic(model, spec, dtype=torch.qint8)
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight_t", torch.round(weight / scale[:, None]).to(torch.int8).t().contiguous())
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.out_features = linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
+        quantized = torch.round(rows / scale).to(torch.int8)
+        out = torch._int_mm(quantized, self.weight_t).to(torch.float32).mul_(scale).mul_(self.weight_scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def quantize_linear(model: nn.Module) -> nn.Module:
+    """Copy of `model` whose encoder nn.Linear layers (≈all MiniLM FLOPs) run as RowInt8Linear; the fp32
+    model stays usable. The classifier head stays fp32: it is tiny and sits close to decision boundaries."""
+    quantized = copy.deepcopy(model)
+    head = {"classifier", "score"}
+    for module in list(quantized.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and name not in head:
+                setattr(module, name, RowInt8Linear(child))
+    return quantized
 
 
 class TransformerSentiment:
