@@ -10,6 +10,10 @@ Output contract (documented here because consumers rely on it):
 - A stream with a hole that never fills (seqs missing past the reorder window, or at idle timeout) gets one
   ``asr.transcripts`` event with an ``error`` field and ``final: false``, id f"{stream_id}:gap:{first}-{last}";
   the stream then continues after the hole (times are spliced). Text consumers must skip events with ``error``.
+- Word timings: with ``STREAMSENSE_ASR_WORD_TIMESTAMPS=1`` (or a stream's chunk header
+  ``word_timestamps: 1``; ``0`` turns them off for that stream) a final carries
+  ``words: [{word, start, end, probability}]``, times in seconds from stream start, inside [start, end].
+- ``language``: "en" for ".en" models; multilingual models (e.g. "base") detect it per segment.
 - Bad chunks become dead letters with the decoder's reason; other streams are unaffected.
 - Each batch also writes the touched streams' open state to ``asr.state`` (see the checkpoint section),
   delivered after the transcripts (the agent's ``checkpoint_topics``), so a restart neither loses buffered
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import uuid
 import zlib
@@ -33,13 +38,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.asr_engine import Transcription
+from models.asr_engine import Transcription, Word
 from models.audio import AudioError, decode_chunk
 from models.speech_segmenter import SAMPLE_RATE, EnergyVAD, Segment, StreamBuffer, VADConfig
 from streams import topics
 from streams.deadletter import dead_letter
 from streams.records import OutRecord, RawRecord
 from streams.schemas import encode, now_ms, schema_id, text_in_event
+from streams.settings import env_bool
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,7 @@ class StreamCheckpoint:
     eos_seq: int | None = None
     ended: bool = False
     last_seen_ms: int = 0
+    word_timestamps: bool | None = None  # a stream's own choice (chunk header); None: the processor default
 
 
 def _pcm16(x: np.ndarray) -> bytes:
@@ -86,6 +93,7 @@ def encode_checkpoint(cp: StreamCheckpoint) -> bytes:
         "eos_seq": cp.eos_seq,
         "ended": cp.ended,
         "last_seen_ms": cp.last_seen_ms,
+        "word_timestamps": cp.word_timestamps,
         "lengths": [len(b) // 2 for b in blobs],
         "pending": [[seq, eos] for seq, (_s, eos) in sorted(cp.pending.items())],
     }
@@ -111,6 +119,7 @@ def decode_checkpoint(raw: bytes) -> StreamCheckpoint:
         stream_id=header["stream_id"], next_seq=header["next_seq"], next_index=header["next_index"],
         tail_start_s=header["tail_start_s"], tail=pieces[0], pending=pending, eos_seq=header["eos_seq"],
         ended=header["ended"], last_seen_ms=header.get("last_seen_ms", 0),
+        word_timestamps=header.get("word_timestamps"),
     )
 
 
@@ -168,7 +177,8 @@ MAX_STREAM_ID = 200
 class Transcriber(Protocol):
     model_name: str
 
-    def transcribe(self, segments: Sequence[np.ndarray]) -> list[Transcription]: ...
+    def transcribe(self, segments: Sequence[np.ndarray],
+                   word_timestamps: Sequence[bool] | None = None) -> list[Transcription]: ...
 
 
 class BadChunk(ValueError):
@@ -183,6 +193,7 @@ class ChunkMeta:
     channels: int
     encoding: str
     eos: bool
+    word_timestamps: bool | None = None  # None: header absent, the stream keeps its current choice
 
 
 def parse_meta(record: RawRecord) -> ChunkMeta:
@@ -216,8 +227,11 @@ def parse_meta(record: RawRecord) -> ChunkMeta:
     eos = headers.get("eos", "0")
     if eos not in ("0", "1"):
         raise BadChunk(f"header 'eos'={eos!r}; expected '0' or '1'")
+    words = headers.get("word_timestamps")
+    if words not in (None, "", "0", "1"):
+        raise BadChunk(f"header 'word_timestamps'={words!r}; expected '0' or '1'")
     return ChunkMeta(stream_id, ints["seq"], ints["sample_rate"], ints["channels"],
-                     headers["encoding"].lower(), eos == "1")
+                     headers["encoding"].lower(), eos == "1", None if not words else words == "1")
 
 
 @dataclass
@@ -239,6 +253,7 @@ class StreamState:
     idle_flushed: bool = False  # flushed once for the current silence; reset by the next chunk
     partition: int | None = None  # input partition, so this stream's outputs keep their order
     replay: np.ndarray | None = None  # restored tail, fed to the VAD before the next audio
+    word_timestamps: bool | None = None  # set by the stream's chunk headers; None: the processor default
 
 
 @dataclass
@@ -268,7 +283,10 @@ class AsrProcessor:
         batch_ms: int = 200,
         clock: Callable[[], int] = now_ms,
         restored: dict[str, StreamCheckpoint] | None = None,
+        word_timestamps: bool | None = None,
     ) -> None:
+        """``word_timestamps=None`` reads STREAMSENSE_ASR_WORD_TIMESTAMPS, so a worker built without the
+        argument still honours the setting."""
         self.engine = engine
         self.vad_config = vad or VADConfig(max_segment_s=15.0)
         self.window = reorder_window
@@ -278,6 +296,9 @@ class AsrProcessor:
         self.batch_size = batch_size
         self.batch_ms = batch_ms
         self.clock = clock
+        if word_timestamps is None:
+            word_timestamps = env_bool(os.environ, "STREAMSENSE_ASR_WORD_TIMESTAMPS", False)
+        self.word_timestamps = word_timestamps
         self.streams: dict[str, StreamState] = {}
         for sid, cp in (restored or {}).items():
             self.streams[sid] = self._restore(cp)
@@ -302,6 +323,8 @@ class AsrProcessor:
                 continue
             state = self._stream(meta.stream_id)
             state.partition, state.last_seen_ms, state.idle_flushed = record.partition, now, False
+            if meta.word_timestamps is not None:
+                state.word_timestamps = meta.word_timestamps
             touched[meta.stream_id] = state
             released = state.buffer.push(meta.seq, samples, meta.eos)
             self._feed(state, released, meta.seq, pending, outputs)
@@ -342,7 +365,7 @@ class AsrProcessor:
         buffer = StreamBuffer(window=self.window, next_seq=cp.next_seq, pending=dict(cp.pending), eos_seq=cp.eos_seq)
         state = StreamState(cp.stream_id, buffer, EnergyVAD(self.vad_config), next_index=cp.next_index,
                             base_s=cp.tail_start_s, tail_start_s=cp.tail_start_s, ended=cp.ended,
-                            last_seen_ms=cp.last_seen_ms)
+                            last_seen_ms=cp.last_seen_ms, word_timestamps=cp.word_timestamps)
         if cp.tail.size and not cp.ended:
             state.tail, state.replay = cp.tail, cp.tail
         return state
@@ -391,7 +414,11 @@ class AsrProcessor:
     def _transcribe(self, pending: list[_Pending]) -> list[OutRecord]:
         if not pending:
             return []
-        results = self.engine.transcribe([p.segment.samples for p in pending])
+        segments = [p.segment.samples for p in pending]
+        wants = [self._wants_words(p.state) for p in pending]
+        # only pass the flags when some stream wants words, so simpler Transcribers keep working
+        results = self.engine.transcribe(segments, word_timestamps=wants) if any(wants) else \
+            self.engine.transcribe(segments)
         outputs: list[OutRecord] = []
         for p, result in zip(pending, results, strict=True):
             state = p.state
@@ -403,6 +430,9 @@ class AsrProcessor:
             outputs.extend(self._final(state, index, p.seq, start, end, result))
         return outputs
 
+    def _wants_words(self, state: StreamState) -> bool:
+        return self.word_timestamps if state.word_timestamps is None else state.word_timestamps
+
     def _final(self, state: StreamState, index: int, seq: int, start: float, end: float,
                result: Transcription) -> list[OutRecord]:
         tid = f"{state.stream_id}:{index}"
@@ -413,6 +443,8 @@ class AsrProcessor:
             "language": result.language, "avg_logprob": result.avg_logprob,
             "no_speech_prob": result.no_speech_prob, "model": self.engine.model_name,
         }
+        if result.words is not None:
+            event["words"] = self._stream_words(result.words, start, event["start"], event["end"])
         text = text_in_event(result.text, event_id=tid, source="asr", stream_id=state.stream_id,
                              start=event["start"], end=event["end"], lang=result.language)
         key = state.stream_id.encode()
@@ -420,6 +452,16 @@ class AsrProcessor:
             OutRecord(topics.ASR_TRANSCRIPTS, key, encode(event), partition=state.partition),
             OutRecord(topics.TEXT_IN, tid.encode(), encode(text)),
         ]
+
+    @staticmethod
+    def _stream_words(words: Sequence[Word], offset: float, lo: float, hi: float) -> list[dict[str, Any]]:
+        """Segment-relative word times → stream times, clamped to the (rounded) segment bounds."""
+        out = []
+        for w in words:
+            start = min(max(round(offset + w.start, 3), lo), hi)
+            out.append({"word": w.word, "start": start, "end": min(max(round(offset + w.end, 3), start), hi),
+                        "probability": w.probability})
+        return out
 
     def _gap_event(self, state: StreamState, first: int, last: int) -> OutRecord:
         at = round(state.base_s + state.vad.position_s, 3)
@@ -437,5 +479,6 @@ class AsrProcessor:
             stream_id=state.stream_id, next_seq=state.buffer.next_seq, next_index=state.next_index,
             tail_start_s=state.tail_start_s, tail=tail, pending=dict(state.buffer.pending),
             eos_seq=state.buffer.eos_seq, ended=state.ended, last_seen_ms=state.last_seen_ms,
+            word_timestamps=state.word_timestamps,
         )
         return OutRecord(topics.ASR_STATE, state.stream_id.encode(), encode_checkpoint(cp))

@@ -50,12 +50,38 @@ def build_asr(settings: Settings, bootstrap: str, progress: Callable[[str], None
         vad=VADConfig(max_segment_s=min(float(settings.asr_max_segment_s), 29.0)),
         idle_timeout_s=settings.asr_idle_timeout_s,
         restored=restored,
+        word_timestamps=settings.asr_word_timestamps,
     )
+
+
+def build_recs(settings: Settings, bootstrap: str, progress: Callable[[str], None]) -> BatchProcessor:
+    import torch
+
+    from models.recs import OnlineRecommender, RecsConfig
+    from models.recs.content import default_encoder
+    from processors.recs import RecsProcessor, checkpoint_path, restore
+
+    torch.set_num_threads(1)  # micro-batches are small; more threads only contend with Faust and the web views
+    encoder = default_encoder(RecsConfig().content_dim) if settings.recs_content else None
+    model = OnlineRecommender(RecsConfig(use_content=encoder is not None), encoder=encoder)
+    processor = RecsProcessor(
+        model,
+        app_id=settings.app_id,
+        state_path=checkpoint_path(settings.state_dir, settings.app_id),
+        batch_size=settings.recs_batch_size,
+        batch_ms=settings.recs_batch_ms,
+        checkpoint_s=settings.recs_checkpoint_s,
+        checkpoint_events=settings.recs_checkpoint_events,
+    )
+    restore(processor, settings, bootstrap, progress)
+    progress(f"recs model ready: {model.version} (content tower: {'on' if encoder is not None else 'off'})")
+    return processor
 
 
 BUILDERS: dict[str, Callable[[Settings, str, Callable[[str], None]], BatchProcessor]] = {
     "text": build_text,
     "asr": build_asr,
+    "recs": build_recs,
 }
 
 
@@ -82,6 +108,9 @@ def build_app(
     partition_counts = describe_topics(settings, bootstrap)
     for processor in processors:
         attach(app, processor, partition_counts)
+        register_web = getattr(processor, "register_web", None)  # extra web pages (e.g. /recommend/{user})
+        if register_web is not None:
+            register_web(app)
 
     @app.on_partitions_assigned.connect
     async def announce(sender: faust.App, assigned: set, **_: object) -> None:  # type: ignore[type-arg]

@@ -190,6 +190,35 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- recommendations -------------------------------------------------------------------------------------
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Ask a running worker's web server (the recs processor's /recommend view); prints its JSON."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = f"{args.url.rstrip('/')}/recommend/{urllib.parse.quote(args.user, safe='')}?k={args.k}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        say(f"error: {url}: HTTP {exc.code}: {exc.read().decode('utf-8', 'replace')[:500]}")
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        say(f"error: no worker answering at {args.url} ({exc}); start one with `streamsense run --processors recs`")
+        return 1
+    print(json.dumps(body, ensure_ascii=False))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from models.recs.prequential import main as prequential
+
+    prequential([*(["--limit", str(args.limit)] if args.limit else []), "--batch-size", str(args.batch_size)])
+    return 0
+
+
 # --- demo / models ---------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -243,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_topics)
 
     r = kafka(sub.add_parser("run", help="run a worker with the chosen processors"))
-    r.add_argument("--processors", default="text", help="comma-separated: text, asr")
+    r.add_argument("--processors", default="text", help="comma-separated: text, asr, recs")
     r.add_argument("--web-port", type=int, help="port of /metrics and /health on 127.0.0.1 (0: off; default 6066)")
     r.add_argument("--batch-size", type=int, help="max events per model batch (default 64)")
     r.add_argument("--batch-ms", type=int, help="max wait to fill a batch (default 50)")
@@ -272,6 +301,19 @@ def parser() -> argparse.ArgumentParser:
     ta.add_argument("-f", "--follow", action="store_true", help="keep following until Ctrl-C")
     ta.add_argument("--raw", action="store_true", help="show partition/offset/key and the value as text")
     ta.set_defaults(func=cmd_tail)
+
+    rc = sub.add_parser("recommend", help="top-k items for a user from a running recs worker")
+    rc.add_argument("user")
+    rc.add_argument("-k", type=int, default=10)
+    rc.add_argument("--url", default="http://127.0.0.1:6066", help="the worker's web address (default %(default)s)")
+    rc.add_argument("--timeout", type=float, default=10.0)
+    rc.set_defaults(func=cmd_recommend)
+
+    ev = sub.add_parser("eval", help="offline evaluations")
+    ev.add_argument("what", choices=["recs"], help="recs: prequential MovieLens replay vs baselines")
+    ev.add_argument("--limit", type=int, help="replay only the first N events (default: all ~100k)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.set_defaults(func=cmd_eval)
 
     d = kafka(sub.add_parser("demo", help="broker + processors + sample events, then a summary"))
     d.add_argument("--timeout", type=float, default=300.0, help="give up after S seconds (default 300)")

@@ -2,23 +2,32 @@
 
 The worker runs as a child process exactly as `streamsense run` would, so the demo exercises the
 production path: real topics, a real consumer group, real commits.
+
+With Debian's ``flite`` on PATH the demo also speaks one sentence into ``audio.chunks`` (500 ms PCM16
+chunks, as a microphone would send them), so the same run shows speech → final transcript → enriched text;
+without it only the speech part is skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 from streams import topics
+from streams.audio_producer import wav_chunks
 from streams.embedded import EmbeddedBroker, free_port
 from streams.kafka_io import ensure_topics, make_producer, read_topic, send_all
 from streams.records import OutRecord
@@ -30,6 +39,9 @@ BAD_SAMPLES: tuple[tuple[str, bytes], ...] = (
     ("text is a number", b'{"id": "bad-type", "text": 42, "source": "sample"}'),
     ("invalid UTF-8", b'{"id": "bad-utf8", "text": "caf\xe9", "source": "sample"}'),
 )
+
+
+SPOKEN = "Hello from Berlin, the weather in Paris is wonderful today."
 
 
 def say(message: str) -> None:
@@ -96,6 +108,58 @@ def demo_records(run_id: str) -> tuple[list[dict], list[OutRecord]]:
     return good, records
 
 
+@dataclass
+class Speech:
+    """The spoken clip's progress: done once its stream ended and every final came back enriched."""
+
+    stream_id: str
+    records: list[OutRecord]
+    finals: dict[str, dict] = field(default_factory=dict)
+    enriched: dict[str, dict] = field(default_factory=dict)
+    expected: int | None = None  # finals the stream produced: its ended checkpoint's segment counter
+
+    @property
+    def done(self) -> bool:
+        return self.expected is not None and len(self.finals) >= self.expected and len(self.enriched) >= self.expected
+
+    def see(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if topic == topics.ASR_STATE:
+            if key == self.stream_id.encode() and value:
+                from processors.asr import StateError, decode_checkpoint
+
+                try:
+                    cp = decode_checkpoint(value)
+                except StateError:
+                    return
+                if cp.ended:
+                    self.expected = cp.next_index
+            return
+        event = json.loads(value or b"{}")
+        if event.get("stream_id") != self.stream_id:
+            return
+        if topic == topics.ASR_TRANSCRIPTS and event.get("final"):
+            self.finals[event["id"]] = event
+        elif topic == topics.TEXT_ENRICHED:
+            self.enriched[event["id"]] = event
+
+
+def spoken_clip(run_id: str, workdir: Path) -> Speech | None:
+    """The sentence as 500 ms chunks, or None (and why) when flite is missing or fails."""
+    flite = shutil.which("flite")
+    if flite is None:
+        say("flite is not on PATH: skipping the speech part (apt-get install flite)")
+        return None
+    path = workdir / "spoken.wav"
+    try:
+        subprocess.run([flite, "-voice", "rms", "-t", SPOKEN, "-o", str(path)], check=True, capture_output=True,
+                       timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        say(f"flite failed ({exc}): skipping the speech part")
+        return None
+    sid = f"speech-{run_id}"
+    return Speech(sid, wav_chunks(path, sid, chunk_ms=500))
+
+
 def run_demo(settings: Settings, *, timeout_s: float = 300.0) -> int:
     from models.sentiment_training import ensure_default_models
 
@@ -106,32 +170,55 @@ def run_demo(settings: Settings, *, timeout_s: float = 300.0) -> int:
         settings = settings.with_overrides(bootstrap=bootstrap)
         ensure_topics(settings, bootstrap)
         ready = threading.Event()
-        with worker_process(bootstrap, "text", f"streamsense-demo-{run_id}", ready) as worker:
+        workdir = Path(tempfile.mkdtemp(prefix="streamsense-demo-"))
+        speech = spoken_clip(run_id, workdir)
+        processors = "text,asr" if speech else "text"
+        with worker_process(bootstrap, processors, f"streamsense-demo-{run_id}", ready) as worker:
             say("starting a worker: it loads the models, then joins its consumer group (~10-20 s)")
             if not ready.wait(timeout=max(5.0, timeout_s / 2)):
                 say("the worker is not ready yet; producing anyway (outputs wait in Kafka)")
             good, records = demo_records(run_id)
             expected = len(records)
             producer = make_producer(settings, bootstrap)
-            send_all(producer, records)
+            send_all(producer, records + (speech.records if speech else []))
             producer.close()
             say(f"produced {len(good)} sample texts and {len(BAD_SAMPLES)} malformed messages to {topics.TEXT_IN}")
+            if speech:
+                say(f"produced a spoken clip as {len(speech.records)} chunks of 500 ms to {topics.AUDIO_CHUNKS}")
             enriched: dict[str, dict] = {}
             dead: list[dict] = []
+            watched = [topics.TEXT_ENRICHED, topics.DEADLETTER]
+            if speech:
+                watched += [topics.ASR_TRANSCRIPTS, topics.ASR_STATE]
+
+            def finished(_r: object) -> bool:
+                return len(enriched) + len(dead) >= expected and (speech is None or speech.done)
+
             remaining = max(5.0, timeout_s - (time.monotonic() - started))
-            for rec in read_topic(settings, bootstrap, [topics.TEXT_ENRICHED, topics.DEADLETTER], timeout_s=remaining,
-                                  stop=lambda _r: len(enriched) + len(dead) >= expected,
+            for rec in read_topic(settings, bootstrap, watched, timeout_s=remaining, stop=finished,
                                   abort=lambda: worker.poll() is not None):
+                if speech:
+                    speech.see(rec.topic, rec.key, rec.value)
+                if rec.topic == topics.ASR_STATE:
+                    continue
                 event = json.loads(rec.value or b"{}")
                 if rec.topic == topics.TEXT_ENRICHED and event.get("id", "").startswith(f"demo-{run_id}"):
                     enriched[event["id"]] = event
                 elif rec.topic == topics.DEADLETTER and f"demo-{run_id}" in event.get("value_preview", ""):
                     dead.append(event)
+        shutil.rmtree(workdir, ignore_errors=True)
     print_summary(good, enriched, dead)
+    speech_ok = True
+    if speech:
+        print_speech(speech)
+        speech_ok = speech.done and bool(speech.finals)
     missing = expected - len(enriched) - len(dead)
     say(f"{len(enriched)} enriched, {len(dead)} dead letters, {missing} missing, "
         f"{time.monotonic() - started:.1f} s in all")
-    return 0 if missing == 0 else 1
+    if speech:
+        say(f"speech: {len(speech.finals)} final(s), {len(speech.enriched)} enriched, "
+            + ("complete" if speech_ok else "INCOMPLETE"))
+    return 0 if missing == 0 and speech_ok else 1
 
 
 def print_summary(good: list[dict], enriched: dict[str, dict], dead: list[dict]) -> None:
@@ -153,6 +240,24 @@ def print_summary(good: list[dict], enriched: dict[str, dict], dead: list[dict])
     print(f"\ndead letters ({len(dead)}):")
     for d in dead:
         print(f"  {d['source']['topic']}[{d['source']['partition']}]@{d['source']['offset']}: {d['reason']}")
+    print()
+
+
+def print_speech(speech: Speech) -> None:
+    print(f"speech ({speech.stream_id}, {len(speech.records)} chunks of 500 ms on {topics.AUDIO_CHUNKS}):")
+    print(f"  spoken      {SPOKEN}")
+    if not speech.finals:
+        print("  (no final transcript)")
+    for tid, final in sorted(speech.finals.items(), key=lambda kv: kv[1]["start"]):
+        print(f"  final       [{final['start']:.2f}-{final['end']:.2f} s] {final['text']}   ({final['model']})")
+        out = speech.enriched.get(tid)
+        if out is None:
+            print("  enriched    (missing)")
+            continue
+        s = out["sentiment"]
+        ents = ", ".join(f"{e['text']}/{e['label']}" for e in out["entities"]) or "-"
+        print(f"  enriched    {s['label']} {s['score']:.2f} → {ents}   (source {out['source']}, "
+              f"{out['latency_ms']} ms)")
     print()
 
 

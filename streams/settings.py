@@ -33,6 +33,19 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """Strict on purpose: a typo such as ``ture`` must fail loudly, not silently mean "off"."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}; expected 1/0, true/false, yes/no or on/off")
+
+
 @dataclass(frozen=True)
 class KafkaSecurity:
     """Client security settings (Kafka names): PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
@@ -133,6 +146,13 @@ class Settings:
     asr_model: str = "tiny.en"
     asr_idle_timeout_s: int = 10
     asr_max_segment_s: int = 15
+    asr_word_timestamps: bool = False  # per-stream override: chunk header word_timestamps=1/0
+    recs_batch_size: int = 512
+    recs_batch_ms: int = 50
+    recs_checkpoint_s: int = 30  # checkpoint the recommender at most this often (when it changed)
+    recs_checkpoint_events: int = 50_000  # ... or as soon as this many events were applied since the last one
+    recs_content: bool = True  # wordllama content tower (cold items retrievable from title/genres)
+    state_dir: str = "~/.cache/streamsense/state"  # local checkpoints too big for one Kafka message
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -155,6 +175,13 @@ class Settings:
             asr_model=env.get("STREAMSENSE_ASR_MODEL", "tiny.en"),
             asr_idle_timeout_s=_env_int(env, "STREAMSENSE_ASR_IDLE_TIMEOUT_S", 10),
             asr_max_segment_s=_env_int(env, "STREAMSENSE_ASR_MAX_SEGMENT_S", 15),
+            asr_word_timestamps=env_bool(env, "STREAMSENSE_ASR_WORD_TIMESTAMPS", False),
+            recs_batch_size=_env_int(env, "STREAMSENSE_RECS_BATCH_SIZE", 512),
+            recs_batch_ms=_env_int(env, "STREAMSENSE_RECS_BATCH_MS", 50, minimum=0),
+            recs_checkpoint_s=_env_int(env, "STREAMSENSE_RECS_CHECKPOINT_S", 30),
+            recs_checkpoint_events=_env_int(env, "STREAMSENSE_RECS_CHECKPOINT_EVENTS", 50_000),
+            recs_content=env_bool(env, "STREAMSENSE_RECS_CONTENT", True),
+            state_dir=env.get("STREAMSENSE_STATE_DIR") or "~/.cache/streamsense/state",
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:

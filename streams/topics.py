@@ -15,6 +15,10 @@ AUDIO_CHUNKS = "audio.chunks"
 ASR_TRANSCRIPTS = "asr.transcripts"
 ASR_STATE = "asr.state"
 CLICKS = "clicks"
+ITEMS = "items"
+RECS_REQUESTS = "recs.requests"
+RECS_RESPONSES = "recs.responses"
+RECS_STATE = "recs.state"
 DEADLETTER = "deadletter"
 DRIFT_EVENTS = "drift.events"
 RETRAIN_REQUESTS = "retrain.requests"
@@ -45,6 +49,19 @@ TOPICS: tuple[TopicSpec, ...] = (
         config={"cleanup.policy": "compact"},
     ),
     TopicSpec(CLICKS, "click/rating events; key = user id"),
+    TopicSpec(
+        ITEMS,
+        "item catalog (item_id, title, genres/text); key = item id (latest per key is kept)",
+        config={"cleanup.policy": "compact"},
+    ),
+    TopicSpec(RECS_REQUESTS, "recommendation requests {id, user_id, k}; key = request id"),
+    TopicSpec(RECS_RESPONSES, "recommendations answering recs.requests; key = request id"),
+    TopicSpec(
+        RECS_STATE,
+        "recommender checkpoint metadata (file, version, offsets); key = app id (latest per key is kept)",
+        partitions=1,
+        config={"cleanup.policy": "compact"},
+    ),
     TopicSpec(DEADLETTER, "unprocessable input: original bytes, source topic/partition/offset, reason"),
     TopicSpec(DRIFT_EVENTS, "drift detector alarms", partitions=1),
     TopicSpec(RETRAIN_REQUESTS, "requests to retrain a model", partitions=1),

@@ -9,19 +9,22 @@ import uuid
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.wer import wer
-from processors.asr import decode_checkpoint
+from processors.asr import StreamCheckpoint, decode_checkpoint
 from streams import topics
-from streams.audio_producer import pcm16_chunks, wav_chunks
+from streams.audio_producer import chunk_headers, pcm16_chunks, wav_chunks
 from streams.kafka_io import read_topic
+from streams.records import OutRecord
 from streams.settings import Settings
 from tests.integration.harness import WorkerProcess, collect, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("flite") is None, reason="needs flite")]
 
 SENTENCE = "Please send the quarterly report to the finance team in London by Friday."
+OTHER = "The quick brown fox jumps over the lazy dog."
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,129 @@ def test_chunked_clip_becomes_a_final_transcript_and_an_enriched_text(broker: st
     assert (enriched["start"], enriched["end"]) == (final["start"], final["end"])
     assert ("London", "LOC") in {(e["text"], e["label"]) for e in enriched["entities"]}
     assert "[streamsense] asr model ready" in worker.log()
+
+
+def pcm_of(path: Path) -> tuple[bytes, int]:
+    with wave.open(str(path)) as w:
+        return w.readframes(w.getnframes()), w.getframerate()
+
+
+def ended_checkpoints(broker: str, sids: set[str], timeout_s: float = 90.0,
+                      worker: WorkerProcess | None = None) -> dict[str, StreamCheckpoint]:
+    """Wait until every stream's eos is processed: its checkpoint is delivered after its transcripts, and its
+    ``next_index`` says how many finals it produced."""
+    done: dict[str, StreamCheckpoint] = {}
+
+    def stop(r) -> bool:
+        key = (r.key or b"").decode("utf-8", "replace")
+        if key in sids:
+            cp = decode_checkpoint(r.value)
+            if cp.ended:
+                done[key] = cp
+        return set(done) == sids
+
+    died = (lambda: worker.proc is not None and worker.proc.poll() is not None) if worker else None
+    for _ in read_topic(Settings(bootstrap=broker), broker, topics.ASR_STATE, timeout_s=timeout_s, stop=stop,
+                        abort=died):
+        pass
+    assert set(done) == sids, (sorted(done), worker.log()[-3000:] if worker else "")
+    return done
+
+
+def transcripts_of(broker: str, want: dict[str, int], timeout_s: float = 30.0) -> dict[str, list[dict]]:
+    """All ``asr.transcripts`` events of the given streams, once each stream has ``want[sid]`` distinct ids."""
+    got: dict[str, dict[str, dict]] = {sid: {} for sid in want}
+
+    def stop(r) -> bool:
+        sid = (r.key or b"").decode("utf-8", "replace")
+        if sid in got:
+            event = json.loads(r.value)
+            got[sid][event["id"]] = event
+        return all(len(got[s]) >= n for s, n in want.items())
+
+    for _ in read_topic(Settings(bootstrap=broker), broker, topics.ASR_TRANSCRIPTS, timeout_s=timeout_s, stop=stop):
+        pass
+    return {sid: sorted(events.values(), key=lambda e: e["start"]) for sid, events in got.items()}
+
+
+def test_two_interleaved_streams_come_out_as_separate_finals(broker: str, worker: WorkerProcess, clip: Path,
+                                                             tmp_path: Path) -> None:
+    other = tmp_path / "other.wav"
+    subprocess.run(["flite", "-voice", "rms", "-t", OTHER, "-o", str(other)], check=True)
+    tag = uuid.uuid4().hex[:6]
+    sids = {f"left-{tag}": SENTENCE, f"right-{tag}": OTHER}
+    a = pcm16_chunks(*pcm_of(clip), 1, f"left-{tag}", chunk_ms=400)
+    b = pcm16_chunks(*pcm_of(other), 1, f"right-{tag}", chunk_ms=300)
+    produce(broker, [r for pair in zip(a, b, strict=False) for r in pair] + a[len(b):] + b[len(a):])
+
+    ended = ended_checkpoints(broker, set(sids), worker=worker)
+    got = transcripts_of(broker, {sid: cp.next_index for sid, cp in ended.items()})
+    for sid, sentence in sids.items():
+        finals = [e for e in got[sid] if e.get("final")]
+        assert finals and all(e["stream_id"] == sid for e in finals), got[sid]
+        assert [e["id"] for e in finals] == [f"{sid}:{i}" for i in range(len(finals))]
+        text = " ".join(e["text"] for e in finals)
+        assert wer(sentence, text) <= 0.15, (sid, text)
+
+
+def test_a_silent_stream_produces_no_transcript(broker: str, worker: WorkerProcess) -> None:
+    sid = f"silent-{uuid.uuid4().hex[:6]}"
+    rng = np.random.default_rng(1)
+    quiet = np.concatenate([np.zeros(16000 * 2), rng.normal(0, 0.002, 16000 * 2)])
+    produce(broker, pcm16_chunks((quiet * 32767).astype("<i2").tobytes(), 16000, 1, sid, chunk_ms=500))
+
+    [cp] = ended_checkpoints(broker, {sid}, worker=worker).values()
+    assert cp.next_index == 0  # no final was numbered
+    # transcripts precede their stream's checkpoint, so anything for this stream is already on the topic
+    mine = [r for r in read_topic(Settings(bootstrap=broker), broker, topics.ASR_TRANSCRIPTS, timeout_s=20,
+                                  idle_timeout_s=3) if r.key == sid.encode()]
+    assert mine == []
+
+
+def test_bad_chunks_are_dead_lettered_while_a_good_stream_still_transcribes(broker: str, worker: WorkerProcess,
+                                                                             clip: Path) -> None:
+    tag = uuid.uuid4().hex[:6]
+    tone = (np.sin(np.arange(8000) / 5) * 8000).astype("<i2").tobytes()
+
+    def bad(kind: str, value: bytes, drop: tuple[str, ...] = (), **override: str) -> OutRecord:
+        sid = f"bad-{kind}-{tag}"
+        headers = dict(chunk_headers(sid, 0, 16000, 1, eos=True))
+        for k in drop:
+            headers.pop(k)
+        headers.update({k: v.encode() for k, v in override.items()})
+        return OutRecord(topics.AUDIO_CHUNKS, sid.encode(), value, tuple(headers.items()))
+
+    expected = {
+        f"bad-corrupt-{tag}": "not a readable WAV",
+        f"bad-headers-{tag}": "missing required header(s): seq, sample_rate",
+        f"bad-empty-{tag}": "empty pcm16 chunk",
+        f"bad-opus-{tag}": "unsupported encoding 'opus'",
+    }
+    good = f"good-{tag}"
+    records = [
+        bad("corrupt", b"RIFF\x10\x00\x00\x00WAVEjunk", encoding="wav"),
+        bad("headers", tone, drop=("seq", "sample_rate")),
+        bad("empty", b""),
+        bad("opus", tone, encoding="opus"),
+    ]
+    chunks = pcm16_chunks(*pcm_of(clip), 1, good, chunk_ms=500)
+    produce(broker, chunks[:2] + records + chunks[2:])  # bad chunks in the middle of the good stream's batch
+
+    letters: dict[str, dict] = {}
+
+    def stop(r) -> bool:
+        key = (r.key or b"").decode("utf-8", "replace")
+        if key in expected:
+            letters[key] = json.loads(r.value)
+        return len(letters) == len(expected)
+
+    for _ in read_topic(Settings(bootstrap=broker), broker, topics.DEADLETTER, timeout_s=90, stop=stop,
+                        abort=lambda: worker.proc is not None and worker.proc.poll() is not None):
+        pass
+    assert set(letters) == set(expected), (sorted(letters), worker.log()[-3000:])
+    for key, reason in expected.items():
+        assert reason in letters[key]["reason"] and letters[key]["processor"] == "asr", letters[key]
+        assert letters[key]["source"]["topic"] == topics.AUDIO_CHUNKS
+
+    [final] = collect(broker, topics.ASR_TRANSCRIPTS, 1, match=good, worker=worker, timeout_s=90)
+    assert final["id"] == f"{good}:0" and wer(SENTENCE, final["text"]) <= 0.15, final["text"]

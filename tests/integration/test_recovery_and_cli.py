@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,3 +106,8 @@ def test_demo_prints_enriched_results_and_exits_zero() -> None:
     assert "16 enriched, 3 dead letters, 0 missing" in done.stdout
     assert "Eiffel Tower/" in done.stdout or "Paris/LOC" in done.stdout
     assert "malformed JSON" in done.stdout and "not valid UTF-8" in done.stdout
+    if shutil.which("flite"):  # the spoken clip: its final transcript and its enriched text (source asr)
+        assert "speech: 1 final(s), 1 enriched, complete" in done.stdout, done.stdout[-3000:]
+        assert "from Berlin" in done.stdout and "(source asr," in done.stdout
+    else:
+        assert "flite is not on PATH: skipping the speech part" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import shutil
@@ -149,6 +150,7 @@ BAD = {
     "zero-length": (bad(b""), "empty pcm16 chunk"),
     "unsupported": (bad(TONE, encoding="opus"), "unsupported encoding 'opus'"),
     "absurd-rate": (bad(TONE, sample_rate="5"), "outside 1000..384000"),
+    "bad-word-timestamps": (bad(TONE, word_timestamps="yes"), "header 'word_timestamps'='yes'"),
     "too-long": (bad(b"\0\0" * 16000 * 31), "over the 30 s limit"),
 }
 
@@ -197,3 +199,47 @@ def test_restart_from_checkpoint_neither_loses_nor_repeats_segments(engine, clip
     assert wer(SENTENCES["fox"] + " " + SENTENCES["fox"], text) <= 0.15, text
     starts = [e["start"] for e in got]
     assert starts == sorted(starts) and got[-1]["end"] <= len(two) / 2 / rate + 0.01
+
+
+def with_header(records: list[OutRecord], name: str, value: bytes) -> list[OutRecord]:
+    return [OutRecord(r.topic, r.key, r.value, (*r.headers, (name, value)), r.partition) for r in records]
+
+
+def test_word_timestamps_on_request_are_monotonic_and_inside_their_segment(engine, clips) -> None:
+    """Per-stream header on one stream only: the other stream's finals carry no words (and cost no alignment)."""
+    asr = processor(engine, word_timestamps=False)
+    wanted = with_header(pcm16_chunks(*clips["fox"], 1, "words", chunk_ms=500), "word_timestamps", b"1")
+    plain = pcm16_chunks(*clips["report"], 1, "plain", chunk_ms=500)
+    out = asr.process(raw(wanted + plain))
+    got = {e["stream_id"]: e for e in finals(out)}
+    assert "words" not in got["plain"]
+    final = got["words"]
+    words = final["words"]
+    assert words and " ".join(w["word"] for w in words) == final["text"]
+    assert all(set(w) == {"word", "start", "end", "probability"} for w in words)
+    assert all(final["start"] <= w["start"] <= w["end"] <= final["end"] for w in words)
+    assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(words))
+    assert all(0.0 <= w["probability"] <= 1.0 for w in words) and words[-1]["end"] > words[0]["start"]
+    [state] = [decode_checkpoint(o.value) for o in out if o.topic == topics.ASR_STATE and o.key == b"words"]
+    assert state.word_timestamps is True  # a restarted worker keeps the stream's choice
+
+
+def test_word_timestamps_setting_is_read_from_the_environment(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMSENSE_ASR_WORD_TIMESTAMPS", "1")
+    assert processor(engine).word_timestamps is True
+    monkeypatch.setenv("STREAMSENSE_ASR_WORD_TIMESTAMPS", "off")
+    assert processor(engine).word_timestamps is False
+    assert processor(engine, word_timestamps=True).word_timestamps is True
+
+
+def test_multilingual_model_reports_the_detected_language(clips) -> None:
+    """The shipped multilingual "base" model detects the language per segment; finals and text.in carry it."""
+    from models.asr_engine import load_engine
+
+    asr = processor(load_engine("base"))
+    out = asr.process(raw(pcm16_chunks(*clips["report"], 1, "multi", chunk_ms=500)))
+    [final] = finals(out)
+    assert final["language"] == "en" and final["model"] == "openai-whisper:base"
+    assert wer(SENTENCES["report"], final["text"]) <= 0.15, final["text"]
+    [text] = events(out, topics.TEXT_IN)
+    assert text["lang"] == "en"

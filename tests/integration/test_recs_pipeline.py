@@ -1,0 +1,167 @@
+"""clicks/items → recs worker → /recommend, recs.responses, deadletter; restart from checkpoint + replay."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streams import topics
+from streams.embedded import free_port
+from streams.kafka_io import read_topic
+from streams.records import OutRecord
+from streams.settings import Settings
+from tests.integration.harness import REPO, WorkerProcess, collect, produce
+
+pytestmark = pytest.mark.integration
+
+
+class RecsWorker(WorkerProcess):
+    """The harness worker with a known web port, so the test can call /recommend."""
+
+    def start(self) -> RecsWorker:
+        self.web_port = free_port()
+        cmd = [sys.executable, "-m", "streams.cli", "run", "--processors", "recs", "--bootstrap", self.bootstrap,
+               "--web-port", str(self.web_port), "--log-level", "info"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+        return self
+
+    def recommend(self, user: str, k: int = 10) -> dict:
+        url = f"http://127.0.0.1:{self.web_port}/recommend/{user}?k={k}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def wait_applied(self, n: int, timeout_s: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        got: dict = {}
+        while time.monotonic() < deadline:
+            got = self.recommend("nobody")
+            if got["model"].endswith(f"+{n}"):
+                return got
+            time.sleep(0.2)
+        raise AssertionError(f"model never reached {n} applied events: {got}; log:\n{self.log()[-3000:]}")
+
+
+def item_records(prefix: str) -> list[OutRecord]:
+    rows = [{"item_id": f"{prefix}-c{k}", "title": f"Funny film {k}", "genres": "Comedy"} for k in range(20)]
+    rows += [{"item_id": f"{prefix}-h{k}", "title": f"Scary film {k}", "genres": "Horror|Thriller"} for k in range(20)]
+    return [OutRecord(topics.ITEMS, r["item_id"].encode(), json.dumps(r).encode()) for r in rows]
+
+
+def click_records(prefix: str, pairs: list[tuple[str, str]], tag: str) -> list[OutRecord]:
+    out = []
+    for n, (user, item) in enumerate(pairs):
+        ev = {"id": f"{prefix}-{tag}-{n}", "user_id": user, "item_id": item, "event": "click", "ts": n}
+        out.append(OutRecord(topics.CLICKS, user.encode(), json.dumps(ev).encode()))
+    return out
+
+
+def background(prefix: str) -> list[tuple[str, str]]:
+    """30 users who stick to one genre each, so co-occurrence ties items of a genre together."""
+    pairs = []
+    for u in range(30):
+        genre = "c" if u % 2 else "h"
+        pairs += [(f"{prefix}-b{u}", f"{prefix}-{genre}{(u + j) % 20}") for j in range(6)]
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def worker(broker: str, tmp_path_factory: pytest.TempPathFactory):
+    tmp = Path(tmp_path_factory.mktemp("recs"))
+    w = RecsWorker(broker, tmp, processors="recs", env={"STREAMSENSE_STATE_DIR": str(tmp / "state")}).start()
+    w.wait_for_log("worker ready", timeout_s=120)
+    yield w
+    assert w.stop() == 0, w.log()[-3000:]
+
+
+def test_recommendations_follow_new_clicks_within_seconds(broker: str, worker: RecsWorker) -> None:
+    p = f"r{uuid.uuid4().hex[:6]}"
+    user = f"{p}-me"
+    bg = background(p)
+    mine = [(user, f"{p}-c{k}") for k in range(5)]
+    produce(broker, item_records(p) + click_records(p, bg + mine, "a"))
+    base = worker.wait_applied(len(bg) + len(mine))["model"]
+    before = worker.recommend(user)
+    assert before["user_id"] == user and len(before["items"]) == 10 and before["model"] == base
+    before_ids = [i["item_id"] for i in before["items"]]
+
+    horror = [(user, f"{p}-h{k}") for k in range(5)]
+    sent = time.monotonic()
+    produce(broker, click_records(p, horror, "b"))
+    after = before
+    while time.monotonic() - sent < 30:
+        after = worker.recommend(user)
+        if [i["item_id"] for i in after["items"]] != before_ids:
+            break
+        time.sleep(0.1)
+    took = time.monotonic() - sent
+    after_ids = [i["item_id"] for i in after["items"]]
+    assert after_ids != before_ids, f"recommendations did not change in 30 s; log:\n{worker.log()[-3000:]}"
+    assert took < 10, took
+    assert not {f"{p}-h{k}" for k in range(5)} & set(after_ids)  # just-clicked items are excluded
+    n_horror = sum("-h" in i for i in after_ids)
+    assert n_horror > sum("-h" in i for i in before_ids), (before_ids, after_ids)
+
+
+def test_requests_topic_is_answered_and_bad_clicks_are_dead_lettered(broker: str, worker: RecsWorker) -> None:
+    p = f"q{uuid.uuid4().hex[:6]}"
+    bad = OutRecord(topics.CLICKS, f"{p}-bad".encode(), json.dumps({"id": f"{p}-bad", "event": "click"}).encode())
+    req = {"id": f"{p}-req", "user_id": f"{p}-anyone", "k": 4}
+    produce(broker, [bad, OutRecord(topics.RECS_REQUESTS, req["id"].encode(), json.dumps(req).encode())])
+    [resp] = collect(broker, topics.RECS_RESPONSES, 1, match=p, worker=worker, timeout_s=60)
+    assert resp["user_id"] == f"{p}-anyone" and len(resp["items"]) == 4 and resp["model"].startswith("recs-")
+    cli = subprocess.run([sys.executable, "-m", "streams.cli", "recommend", f"{p}-anyone", "-k", "3", "--url",
+                          f"http://127.0.0.1:{worker.web_port}"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert cli.returncode == 0, cli.stderr
+    printed = json.loads(cli.stdout)
+    assert printed["user_id"] == f"{p}-anyone" and len(printed["items"]) == 3
+    dead = None
+    for rec in read_topic(Settings(bootstrap=broker), broker, topics.DEADLETTER, timeout_s=60,
+                          stop=lambda r: r.key == f"{p}-bad".encode()):
+        if rec.key == f"{p}-bad".encode():
+            dead = json.loads(rec.value)
+    assert dead is not None and dead["processor"] == "recs" and "user_id" in dead["reason"], dead
+
+
+def test_restart_loads_checkpoint_and_replays_up_to_committed_offsets(tmp_path: Path) -> None:
+    """Own broker: a new group starts at the beginning of clicks, so the counts must not see other tests."""
+    from streams.embedded import EmbeddedBroker
+    from streams.kafka_io import ensure_topics
+
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as embedded:
+        ensure_topics(Settings(bootstrap=embedded.bootstrap), embedded.bootstrap)
+        restart_scenario(embedded.bootstrap, tmp_path)
+
+
+def restart_scenario(broker: str, tmp_path: Path) -> None:
+    p = f"k{uuid.uuid4().hex[:6]}"
+    env = {"STREAMSENSE_STATE_DIR": str(tmp_path / "state"), "STREAMSENSE_RECS_CHECKPOINT_EVENTS": "40",
+           "STREAMSENSE_RECS_CHECKPOINT_S": "3600", "STREAMSENSE_RECS_CONTENT": "0"}
+    app_id = f"test-{p}"
+    first = RecsWorker(broker, tmp_path, processors="recs", app_id=app_id, env=env).start()
+    try:
+        first.wait_for_log("worker ready", timeout_s=120)
+        produce(broker, click_records(p, [(f"{p}-u{n % 5}", f"{p}-i{n % 13}") for n in range(40)], "a"))
+        first.wait_applied(40)
+        first.wait_for_log("recs checkpoint recs-online-mf@1.0+40")
+        produce(broker, click_records(p, [(f"{p}-u{n % 5}", f"{p}-j{n}") for n in range(10)], "b"))
+        first.wait_applied(50)
+        time.sleep(3)  # Faust commits acked offsets every second
+    finally:
+        first.kill()
+    second = RecsWorker(broker, tmp_path, processors="recs", app_id=app_id, env=env).start()
+    try:
+        second.wait_for_log("worker ready", timeout_s=120)
+        log = second.log()
+        assert "recs checkpoint loaded: recs-online-mf@1.0+40" in log, log[-3000:]
+        assert "recs replayed 10 records" in log, log[-3000:]
+        second.wait_applied(50, timeout_s=10)
+    finally:
+        assert second.stop() == 0, second.log()[-3000:]
