@@ -48,7 +48,7 @@ from models.recs import ClickEvent, OnlineRecommender
 from streams import topics
 from streams.deadletter import dead_letter
 from streams.records import OutRecord, RawRecord
-from streams.schemas import decode_json_object, encode, now_ms, schema_id
+from streams.schemas import SchemaError, decode_json_object, encode, now_ms, schema_id
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,9 @@ class BadInput(ValueError):
 # --- decoding -------------------------------------------------------------------------------------------
 
 def _json(record: RawRecord) -> dict[str, Any]:
-    if not record.value:
-        raise BadInput("empty message")
     try:
         return decode_json_object(record.value)
-    except Exception as exc:  # decode_json_object raises SchemaError with a readable reason
+    except SchemaError as exc:  # its message is already the readable reason
         raise BadInput(str(exc)) from exc
 
 
