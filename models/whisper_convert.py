@@ -192,11 +192,8 @@ def ct2_to_whisper_state(
         if progress is not None:
             progress(done, total)
 
-    linear("encoder.conv1", "encoder/conv1")
-    linear("encoder.conv2", "encoder/conv2")
-    sd["encoder.positional_embedding"] = w(v, "encoder/position_encodings/encodings")
-    for i in range(n_audio_layer):
-        src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
+    def block(dst: str, src: str) -> None:
+        """Self-attention and MLP, common to encoder and decoder layers."""
         split_linear(
             [f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0"
         )
@@ -206,25 +203,23 @@ def ct2_to_whisper_state(
         linear(f"{dst}.mlp.2", f"{src}/ffn/linear_1")
         norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
         tick()
+
+    linear("encoder.conv1", "encoder/conv1")
+    linear("encoder.conv2", "encoder/conv2")
+    sd["encoder.positional_embedding"] = w(v, "encoder/position_encodings/encodings")
+    for i in range(n_audio_layer):
+        block(f"encoder.blocks.{i}", f"encoder/layer_{i}")
     norm("encoder.ln_post", "encoder/layer_norm")
 
     sd["decoder.token_embedding.weight"] = w(v, "decoder/embeddings/weight")
     sd["decoder.positional_embedding"] = w(v, "decoder/position_encodings/encodings")
     for i in range(n_text_layer):
-        src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        split_linear(
-            [f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0"
-        )
-        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
+        dst, src = f"decoder.blocks.{i}", f"decoder/layer_{i}"
         linear(f"{dst}.cross_attn.query", f"{src}/attention/linear_0")
         split_linear([f"{dst}.cross_attn.key", f"{dst}.cross_attn.value"], f"{src}/attention/linear_1")
         linear(f"{dst}.cross_attn.out", f"{src}/attention/linear_2")
         norm(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm")
-        linear(f"{dst}.mlp.0", f"{src}/ffn/linear_0")
-        linear(f"{dst}.mlp.2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
-        tick()
+        block(dst, src)
     norm("decoder.ln", "decoder/layer_norm")
     return dims, sd
 
