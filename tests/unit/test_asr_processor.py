@@ -6,7 +6,6 @@ import io
 import itertools
 import json
 import random
-import shutil
 import subprocess
 import wave
 from pathlib import Path
@@ -19,8 +18,6 @@ from processors.asr import AsrProcessor, decode_checkpoint, latest_checkpoints
 from streams import topics
 from streams.audio_producer import chunk_headers, pcm16_chunks
 from streams.records import OutRecord, RawRecord
-
-pytestmark = pytest.mark.skipif(shutil.which("flite") is None, reason="needs Debian flite")
 
 SENTENCES = {
     "fox": "The quick brown fox jumps over the lazy dog near the river bank.",
