@@ -40,10 +40,10 @@ class RecsConfig:
     reg: float = 1e-3
     loss: str = "softmax"  # "softmax" (sampled, shared negatives) or "bpr"
     n_negatives: int = 8  # per positive, for BPR
-    n_shared_negatives: int = 1024  # per step, for sampled softmax
+    n_shared_negatives: int = 256  # per step, for sampled softmax
     epochs_per_batch: int = 2
     replay_size: int = 200_000
-    replay_ratio: float = 4.0
+    replay_ratio: float = 2.0
     recent_size: int = 5000
     replay_recent_frac: float = 0.5
     popularity_prior: float = 2.0  # weight of log(1 + decayed popularity) added to warm users' scores
@@ -87,6 +87,22 @@ class _Tables:
     g_w: torch.Tensor
     content: torch.Tensor
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _collisions(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) pairs where shared negative ``neg[j]`` is row r's positive ``pos[r]``.
+
+    Found by sorting rather than comparing the full rows x negatives matrix: collisions are rare.
+    """
+    order = torch.argsort(neg)
+    sorted_neg = neg[order]
+    lo = torch.searchsorted(sorted_neg, pos, right=False)
+    hi = torch.searchsorted(sorted_neg, pos, right=True)
+    counts = hi - lo
+    rows = torch.repeat_interleave(torch.arange(len(pos)), counts)
+    starts = torch.repeat_interleave(lo, counts)
+    within = torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return rows, order[starts + within]
 
 
 def _adagrad_rows(
@@ -227,19 +243,23 @@ class OnlineRecommender:
         self._grow_items(new_items)
         stats.new_users, stats.new_items = len(new_users), len(new_items)
         if fresh:
-            u = np.array([self._uidx[e.user_id] for e in fresh], np.int64)
-            i = np.array([self._iidx[e.item_id] for e in fresh], np.int64)
-            w = np.array([event_weight(e) for e in fresh], np.float32)
+            uidx, iidx, min_covis = self._uidx, self._iidx, self.config.covis_min_weight
+            ul = [uidx[e.user_id] for e in fresh]
+            il = [iidx[e.item_id] for e in fresh]
+            wl = [event_weight(e) for e in fresh]
+            for e, uu, ii, ww in zip(fresh, ul, il, wl, strict=True):
+                if e.event != "impression":
+                    seen = self.seen.get(uu)
+                    if seen is None:
+                        seen = self.seen[uu] = set()
+                    seen.add(ii)
+                if ww >= min_covis:
+                    self._add_covis(uu, ii)
+            u, i, w = np.array(ul, np.int64), np.array(il, np.int64), np.array(wl, np.float32)
             self.popularity *= self.config.popularity_decay ** len(fresh)
             np.add.at(self.popularity, i, w)
             if self.config.popularity_prior:
                 self._dirty_all = True
-            for e, uu, ii in zip(fresh, u, i, strict=True):
-                if e.event != "impression":
-                    self.seen.setdefault(int(uu), set()).add(int(ii))
-            for uu, ii, ww in zip(u, i, w, strict=True):
-                if ww >= self.config.covis_min_weight:
-                    self._add_covis(int(uu), int(ii))
             pos = w > 0
             u, i, w = u[pos], i[pos], w[pos]
             stats.loss = self._train(u, i, w)
@@ -253,13 +273,18 @@ class OnlineRecommender:
     def _add_covis(self, u: int, i: int) -> None:
         """Count i together with the user's latest items: the within-session signal that the factor model,
         updated once per micro-batch, picks up only slowly."""
-        hist = self.history.setdefault(u, [])
-        if i in hist:
+        hist = self.history.get(u)
+        if hist is None:
+            hist = self.history[u] = []
+        elif i in hist:
             return
-        row_i = self.covis.setdefault(i, {})
+        covis = self.covis
+        row_i = covis.get(i)
+        if row_i is None:
+            row_i = covis[i] = {}
         for j in hist:
             row_i[j] = row_i.get(j, 0.0) + 1.0
-            row_j = self.covis.setdefault(j, {})
+            row_j = covis[j]  # every item in a history got its row when it was added
             row_j[i] = row_j.get(i, 0.0) + 1.0
         hist.append(i)
         del hist[: -self.config.covis_window]
@@ -319,45 +344,69 @@ class OnlineRecommender:
         return total
 
     def _step(self, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, w: torch.Tensor) -> float:
-        """One Adagrad step on weighted BPR (neg: n x k) or sampled softmax (neg: shared, length S)."""
+        """One Adagrad step on weighted sampled softmax (neg: shared, length S) or BPR (neg: n x k).
+
+        Gradients are written out by hand instead of autograd: the step is three GEMMs and a softmax, and the
+        autograd graph (clones, cat, masked_fill, logsumexp backward) cost more than the arithmetic. A unit
+        test checks these gradients against autograd.
+        """
         c, t = self.config, self.t
+        n = len(u)
         uu, u_inv = torch.unique(u, return_inverse=True)
         ii, i_inv = torch.unique(torch.cat([pos, neg.reshape(-1)]), return_inverse=True)
-        P = t.user[uu].clone().requires_grad_()
-        Q = t.item[ii].clone().requires_grad_()
-        B = t.bias[ii].clone().requires_grad_()
+        P, Q, B = t.user[uu], t.item[ii], t.bias[ii]
         use_w = t.w.shape[0] > 0
-        W = t.w.clone().requires_grad_() if use_w else None
-        qv = Q + t.content[ii] @ W if W is not None else Q
+        C = t.content[ii] if use_w else None
+        qv = Q + C @ t.w if C is not None else Q
         pu = P[u_inv]
-        n = len(u)
+        wn = w / w.sum()
         p_idx = i_inv[:n]
-        s_pos = (pu * qv[p_idx]).sum(-1) + B[p_idx]
+        q_pos = qv[p_idx]
+        s_pos = (pu * q_pos).sum(-1) + B[p_idx]
         if neg.dim() == 1:
             n_idx = i_inv[n:]
-            s_neg = pu @ qv[n_idx].T + B[n_idx]
-            s_neg = s_neg.masked_fill(
-                neg[None, :] == pos[:, None], -1e9
-            )  # a sampled "negative" that is the positive
-            per = torch.logsumexp(torch.cat([s_pos[:, None], s_neg], 1), 1) - s_pos
+            q_neg = qv[n_idx]
+            s_neg = torch.addmm(B[n_idx][None, :], pu, q_neg.T)
+            s_neg[_collisions(pos, neg)] = -torch.inf  # a sampled "negative" that is the row's positive
+            m = torch.maximum(s_neg.max(1).values, s_pos)
+            g_neg = s_neg.sub_(m[:, None]).exp_()  # in place: the score matrix is the largest buffer here
+            e_pos = (s_pos - m).exp()
+            z = e_pos + g_neg.sum(1)
+            per = z.log() + m - s_pos
+            g_neg.mul_((wn / z)[:, None])  # dL/ds_neg = w * softmax
+            g_pos = wn * (e_pos / z - 1.0)
+            d_pu = g_neg @ q_neg
+            d_qneg = g_neg.T @ pu
+            d_bneg = g_neg.sum(0)
         else:
             n_idx = i_inv[n:].reshape(n, -1)
-            s_neg = torch.einsum("nd,nkd->nk", pu, qv[n_idx]) + B[n_idx]
-            per = torch.nn.functional.softplus(s_neg - s_pos[:, None]).mean(1)
-        loss = (w * per).sum() / w.sum()
-        reg = c.reg * ((P * P).sum() + (Q * Q).sum() + (B * B).sum()) / n
-        (loss + reg).backward()
-        with torch.no_grad():
-            _adagrad_rows(t.user, t.g_user, uu, P.grad, c.lr)
-            _adagrad_rows(t.item, t.g_item, ii, Q.grad, c.lr)
-            _adagrad_rows(t.bias, t.g_bias, ii, B.grad, c.lr)
-            if W is not None and W.grad is not None:
-                t.g_w += W.grad * W.grad
-                t.w -= c.lr * W.grad / (t.g_w.sqrt() + 1e-8)
-                self._dirty_all = True
-            else:
-                self._dirty.update(ii.tolist())
-        return float(loss.detach())
+            q_neg = qv[n_idx]
+            s_neg = torch.einsum("nd,nkd->nk", pu, q_neg) + B[n_idx]
+            diff = s_neg - s_pos[:, None]
+            per = torch.nn.functional.softplus(diff).mean(1)
+            g_neg = torch.sigmoid(diff) * (wn / diff.shape[1])[:, None]
+            g_pos = -g_neg.sum(1)
+            d_pu = torch.einsum("nk,nkd->nd", g_neg, q_neg)
+            d_qneg = (g_neg[:, :, None] * pu[:, None, :]).reshape(-1, pu.shape[1])
+            d_bneg = g_neg.reshape(-1)
+            n_idx = n_idx.reshape(-1)
+        loss = float((wn * per).sum())
+        d_pu += g_pos[:, None] * q_pos
+        scale = 2.0 * c.reg / n
+        dP = (scale * P).index_add_(0, u_inv, d_pu)
+        dQ = (scale * Q).index_add_(0, p_idx, g_pos[:, None] * pu).index_add_(0, n_idx, d_qneg)
+        dB = (scale * B).index_add_(0, p_idx, g_pos).index_add_(0, n_idx, d_bneg)
+        _adagrad_rows(t.user, t.g_user, uu, dP, c.lr)
+        _adagrad_rows(t.item, t.g_item, ii, dQ, c.lr)
+        _adagrad_rows(t.bias, t.g_bias, ii, dB, c.lr)
+        if C is not None:
+            dW = C.T @ (dQ - scale * Q)  # qv = Q + C W: the content weights see the loss gradient, not the reg
+            t.g_w += dW * dW
+            t.w -= c.lr * dW / (t.g_w.sqrt() + 1e-8)
+            self._dirty_all = True
+        else:
+            self._dirty.update(ii.tolist())
+        return loss
 
     # ------------------------------------------------------------------ scoring
     def item_vectors(self) -> torch.Tensor:

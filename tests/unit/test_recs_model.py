@@ -173,3 +173,57 @@ def test_impressions_do_not_count_as_co_occurrence() -> None:
     m.update([ClickEvent("3", "u", "a3", "click")])
     assert m.history[m._uidx["u"]] == [m._iidx["a2"], m._iidx["a3"]]
     assert m.covis[m._iidx["a2"]] == {m._iidx["a3"]: 1.0}
+
+
+def _autograd_step(m: OnlineRecommender, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                   w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reference: the same loss and Adagrad step through autograd, on copies of the tables."""
+    c, t = m.config, m.t
+    uu, u_inv = torch.unique(u, return_inverse=True)
+    ii, i_inv = torch.unique(torch.cat([pos, neg.reshape(-1)]), return_inverse=True)
+    P = t.user[uu].clone().requires_grad_()
+    Q = t.item[ii].clone().requires_grad_()
+    B = t.bias[ii].clone().requires_grad_()
+    W = t.w.clone().requires_grad_()
+    qv = Q + t.content[ii] @ W
+    pu, n = P[u_inv], len(u)
+    s_pos = (pu * qv[i_inv[:n]]).sum(-1) + B[i_inv[:n]]
+    if neg.dim() == 1:
+        s_neg = pu @ qv[i_inv[n:]].T + B[i_inv[n:]]
+        s_neg = s_neg.masked_fill(neg[None, :] == pos[:, None], -1e9)
+        per = torch.logsumexp(torch.cat([s_pos[:, None], s_neg], 1), 1) - s_pos
+    else:
+        n_idx = i_inv[n:].reshape(n, -1)
+        s_neg = torch.einsum("nd,nkd->nk", pu, qv[n_idx]) + B[n_idx]
+        per = torch.nn.functional.softplus(s_neg - s_pos[:, None]).mean(1)
+    loss = (w * per).sum() / w.sum()
+    (loss + c.reg * ((P * P).sum() + (Q * Q).sum() + (B * B).sum()) / n).backward()
+    out = {}
+    for name, par, acc, idx, grad in (("user", t.user, t.g_user, uu, P.grad), ("item", t.item, t.g_item, ii, Q.grad),
+                                      ("bias", t.bias, t.g_bias, ii, B.grad)):
+        a = acc.clone()
+        a[idx] += grad * grad
+        p = par.clone()
+        p[idx] -= c.lr * grad / (a[idx].sqrt() + 1e-8)
+        out[name] = p
+    g_w = t.g_w + W.grad * W.grad
+    out["w"] = t.w - c.lr * W.grad / (g_w.sqrt() + 1e-8)
+    out["loss"] = loss.detach()
+    return out
+
+
+@pytest.mark.parametrize("loss", ["softmax", "bpr"])
+def test_hand_written_gradients_match_autograd(loss: str) -> None:
+    m = make_model(loss=loss)
+    m.update(clicks("x", ["a1", "a2", "b3", "a4"]) + clicks("y", ["b1", "b2", "a3"]))
+    gen = torch.Generator().manual_seed(5)
+    u = torch.tensor([0, 1, 0, 1, 1, 0])
+    pos = torch.tensor([0, 3, 5, 11, 12, 3])
+    neg = torch.cat([pos[:2], torch.randint(0, m.n_items, (30,), generator=gen)]) if loss == "softmax" \
+        else torch.randint(0, m.n_items, (6, 4), generator=gen)
+    w = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 0.1])
+    want = _autograd_step(m, u, pos, neg, w)
+    got_loss = m._step(u, pos, neg, w)
+    assert got_loss == pytest.approx(float(want["loss"]), rel=1e-5)
+    for name in ("user", "item", "bias", "w"):
+        torch.testing.assert_close(getattr(m.t, name), want[name], rtol=1e-4, atol=1e-6)
