@@ -3,6 +3,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from models.recs.baselines import BatchALS
 from models.recs.events import ClickEvent
 from models.recs.metrics import recall_ndcg_at_k, target_ranks
 from models.recs.prequential import run_prequential
@@ -48,3 +49,28 @@ def test_run_prequential_exact_on_hand_made_stream() -> None:
     assert row["ndcg@1"] == pytest.approx(2 / 3)
     assert row["recall@1_warm"] == 1.0
     assert m.updates == [2, 2]
+
+
+def _cluster_stream(n_users: int = 40) -> list[ClickEvent]:
+    """Half the users like items a0..a9, half b0..b9; b items are more popular overall."""
+    events = []
+    for u in range(n_users):
+        group = "a" if u % 4 == 0 else "b"
+        for k in range(10):
+            events.append(ClickEvent(f"{u}-{k}", f"u{u}", f"{group}{k}", "click", ts=len(events)))
+    return events
+
+
+@pytest.mark.parametrize("fold_in", [True, False])
+def test_batch_als_serves_clicks_since_the_last_refit_only_with_fold_in(fold_in: bool) -> None:
+    items = [f"{g}{k}" for g in "ab" for k in range(10)]
+    als = BatchALS(items, refit_every=10_000, factors=4, reg=0.1, iters=10, fold_in=fold_in)
+    als.update(_cluster_stream())
+    als.fit()
+    als.update([ClickEvent("new-1", "newcomer", "a1", "click"), ClickEvent("new-2", "newcomer", "a2", "click")])
+    scores = als.score_all(["newcomer"])[0]
+    a_mean, b_mean = scores[:10].mean(), scores[10:].mean()
+    if fold_in:
+        assert a_mean > b_mean  # solved from the newcomer's two clicks against the frozen item factors
+    else:
+        assert a_mean < b_mean  # unseen at the refit: served popularity, where b items lead
