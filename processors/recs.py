@@ -162,6 +162,7 @@ class RecsProcessor:
     name = "recs"
     source_topics = (topics.CLICKS, topics.ITEMS, topics.RECS_REQUESTS)
     checkpoint_topics = (topics.RECS_STATE,)
+    unsharded_topics = REPLAYED_TOPICS  # one model learns from all users' clicks; see worker warnings
     tick_s = 1.0
 
     def __init__(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import faust
 
@@ -116,8 +117,27 @@ def build_app(
     async def announce(sender: faust.App, assigned: set, **_: object) -> None:  # type: ignore[type-arg]
         parts = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
         progress(f"worker ready: {len(parts)} partitions assigned: {' '.join(parts) or '-'}")
+        for warning in partial_state_warnings(processors, assigned, partition_counts):
+            progress(f"warning: {warning}")
 
     return app
+
+
+def partial_state_warnings(
+    processors: Sequence[BatchProcessor], assigned: set[Any], partition_counts: dict[str, int]
+) -> list[str]:
+    """Processors whose state must see every partition of some topics (``unsharded_topics``) say so when a
+    rebalance gave this worker only part of them: a second worker in the same group splits their model."""
+    out = []
+    held = {(tp.topic, tp.partition) for tp in assigned}
+    for p in processors:
+        for topic in getattr(p, "unsharded_topics", ()):
+            mine = sorted(n for t, n in held if t == topic)
+            if len(mine) < partition_counts.get(topic, 0):
+                out.append(f"{p.name} holds {topic} partitions {mine or '-'} of {partition_counts[topic]}: its state "
+                           f"sees only those. Run one {p.name} worker per app id (replicas: a distinct "
+                           f"STREAMSENSE_APP_ID each).")
+    return out
 
 
 def run_worker(settings: Settings, bootstrap: str, names: Sequence[str], loglevel: str = "warning") -> None:
