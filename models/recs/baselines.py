@@ -124,8 +124,8 @@ class BatchALS(_Catalog):
         item_ids: Sequence[str],
         refit_every: int = 5000,
         factors: int = 48,
-        reg: float = 5.0,
-        alpha: float = 5.0,
+        reg: float = 20.0,  # reg and alpha tuned on the prequential stream itself (README), as the online model was
+        alpha: float = 1.0,
         iters: int = 10,
         seed: int = 0,
         fold_in: bool = True,
