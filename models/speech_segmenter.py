@@ -87,6 +87,27 @@ class StreamBuffer:
                 break
         return out
 
+    def give_up_hole(self) -> list[Released]:
+        """Give up on the first hole now and release the chunks contiguous after it (nothing if none pending).
+
+        Why: a caller whose buffered out-of-order audio grew too large (the ASR processor's checkpoint size
+        bound) prefers a reported gap to waiting out the window with unbounded state."""
+        out: list = []
+        if not self.pending:
+            return out
+        if self.next_seq not in self.pending:
+            out.append(self._skip_gap())
+        while self.next_seq in self.pending:
+            s, e = self.pending.pop(self.next_seq)
+            out.append((self.next_seq, s, e))
+            self.next_seq += 1
+        return out
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples held for chunks waiting on a missing seq."""
+        return sum(s.size for s, _e in self.pending.values())
+
     def flush(self) -> list[Released]:
         """Give up on every hole (idle timeout or shutdown) and release whatever is buffered."""
         out: list = []
@@ -172,6 +193,19 @@ class EnergyVAD:
         self._silence = 0
         self._trim()
         return out
+
+    def open_segment(self) -> Segment | None:
+        """The segment in progress, left open: padded like a closed one, up to the last speech frame heard so
+        far (+ padding); None outside speech.
+
+        Why: a partial hypothesis transcribes speech before the pause that will close it."""
+        if self._seg_start is None:
+            return None
+        pad = round(self.cfg.pad_s * self.sr)
+        a = max(self._seg_start - pad, self._prev_end, self._audio_start)
+        b = min(self._last_speech_end + pad, self._pos)
+        samples = self._audio[a - self._audio_start : b - self._audio_start].copy()
+        return Segment(a / self.sr, b / self.sr, samples)
 
     @property
     def noise_floor_db(self) -> float | None:

@@ -10,6 +10,13 @@ Output contract (documented here because consumers rely on it):
 - A stream with a hole that never fills (seqs missing past the reorder window, or at idle timeout) gets one
   ``asr.transcripts`` event with an ``error`` field and ``final: false``, id f"{stream_id}:gap:{first}-{last}";
   the stream then continues after the hole (times are spliced). Text consumers must skip events with ``error``.
+- Partials (off by default; ``STREAMSENSE_ASR_PARTIAL_INTERVAL_MS=N`` turns them on): while a segment is
+  still open, each batch that brought at least N ms of new speech to it also decodes it so far and sends an
+  ``asr.transcripts`` event with ``final: false, partial: true``, ``segment_index`` = the index its final
+  will have, id f"{stream_id}:{index}:partial@{end_ms}". Partials are unstable and never reach ``text.in``;
+  the stream's next final with that index supersedes them; if the segment closes without text, an empty
+  partial for the index withdraws the preview. Partials are not checkpointed (after a restart a withdrawal
+  may be missing; the next final still supersedes). Each partial costs a decode: budget CPU for it.
 - Word timings: with ``STREAMSENSE_ASR_WORD_TIMESTAMPS=1`` (or a stream's chunk header
   ``word_timestamps: 1``; ``0`` turns them off for that stream) a final carries
   ``words: [{word, start, end, probability}]``, times in seconds from stream start, inside [start, end].
@@ -22,6 +29,14 @@ Output contract (documented here because consumers rely on it):
 Why checkpoints: Faust commits a batch's offsets once its outputs are delivered, so audio still buffered
 (an open segment, chunks waiting for a missing seq) would be lost on a crash. A restarted worker reads
 ``asr.state`` up to a marker it wrote itself (never end offsets: the embedded broker gets them wrong).
+
+Checkpoint size: each ``asr.state`` record stays under ``max_state_bytes`` (default 1,000,000, below Kafka's
+default 1 MB message limit, which would otherwise reject the record and stop the worker). The tail is bounded
+by the max segment length (checked when the processor is built); out-of-order chunks waiting for a missing seq
+are not, since chunks may be up to 30 s each. When they would push the record over the bound, the processor
+stops waiting for the oldest missing chunk as if the reorder window had passed: a gap event (its ``error``
+says why), the buffered audio goes on to the VAD, and the checkpoint again holds exactly the stream's state,
+so a restart still neither loses nor repeats a final. Counting is without compression (noise does not shrink).
 """
 
 from __future__ import annotations
@@ -45,7 +60,7 @@ from streams import topics
 from streams.deadletter import dead_letter
 from streams.records import OutRecord, RawRecord
 from streams.schemas import encode, now_ms, schema_id, text_in_event
-from streams.settings import env_bool
+from streams.settings import Settings, env_bool
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +97,8 @@ def _pcm16(x: np.ndarray) -> bytes:
     return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
-def encode_checkpoint(cp: StreamCheckpoint) -> bytes:
-    blobs = [_pcm16(cp.tail)] + [_pcm16(s) for _, (s, _e) in sorted(cp.pending.items())]
+def _header(cp: StreamCheckpoint) -> bytes:
+    lengths = [cp.tail.size] + [s.size for _, (s, _e) in sorted(cp.pending.items())]
     header: dict[str, Any] = {
         "v": STATE_VERSION,
         "stream_id": cp.stream_id,
@@ -94,11 +109,28 @@ def encode_checkpoint(cp: StreamCheckpoint) -> bytes:
         "ended": cp.ended,
         "last_seen_ms": cp.last_seen_ms,
         "word_timestamps": cp.word_timestamps,
-        "lengths": [len(b) // 2 for b in blobs],
+        "lengths": lengths,
         "pending": [[seq, eos] for seq, (_s, eos) in sorted(cp.pending.items())],
     }
-    head = json.dumps(header, separators=(",", ":")).encode()
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def encode_checkpoint(cp: StreamCheckpoint) -> bytes:
+    blobs = [_pcm16(cp.tail)] + [_pcm16(s) for _, (s, _e) in sorted(cp.pending.items())]
+    head = _header(cp)
     return struct.pack(">I", len(head)) + head + zlib.compress(b"".join(blobs), 6)
+
+
+def _zlib_bound(n: int) -> int:
+    """zlib's compressBound(): the most ``zlib.compress`` can return for n bytes (incompressible input)."""
+    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13
+
+
+def checkpoint_size_bound(cp: StreamCheckpoint) -> int:
+    """An upper bound of ``len(encode_checkpoint(cp))`` without compressing anything: audio may be noise,
+    which zlib cannot shrink, so the guard must not count on compression."""
+    samples = cp.tail.size + sum(s.size for s, _e in cp.pending.values())
+    return 4 + len(_header(cp)) + _zlib_bound(2 * samples)
 
 
 def decode_checkpoint(raw: bytes) -> StreamCheckpoint:
@@ -169,6 +201,10 @@ def read_checkpoints(settings: Any, bootstrap: str, timeout_s: float = 60.0) -> 
     if not found:
         raise TimeoutError(f"did not read back the {topics.ASR_STATE} marker within {timeout_s:g} s")
     return latest_checkpoints(seen)
+
+# Kafka's default broker limit (message.max.bytes) is 1,048,588 bytes and producers refuse records over
+# max.request.size = 1,048,576; this leaves room for the key, headers and batch overhead.
+DEFAULT_MAX_STATE_BYTES = 1_000_000
 
 REQUIRED_HEADERS = ("seq", "sample_rate", "encoding")
 MAX_STREAM_ID = 200
@@ -254,6 +290,8 @@ class StreamState:
     partition: int | None = None  # input partition, so this stream's outputs keep their order
     replay: np.ndarray | None = None  # restored tail, fed to the VAD before the next audio
     word_timestamps: bool | None = None  # set by the stream's chunk headers; None: the processor default
+    partial_at_s: float = 0.0  # VAD time of the last partial's end (partials are not checkpointed)
+    partial_index: int | None = None  # segment index of a partial not yet superseded by a final
 
 
 @dataclass
@@ -269,6 +307,7 @@ class AsrProcessor:
     name = "asr"
     source_topics = (topics.AUDIO_CHUNKS,)
     checkpoint_topics = (topics.ASR_STATE,)
+    unsharded_topics = (topics.AUDIO_CHUNKS,)  # asr.state is read at start only; see worker warnings
 
     def __init__(
         self,
@@ -284,9 +323,14 @@ class AsrProcessor:
         clock: Callable[[], int] = now_ms,
         restored: dict[str, StreamCheckpoint] | None = None,
         word_timestamps: bool | None = None,
+        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        partial_interval_ms: int | None = None,
     ) -> None:
-        """``word_timestamps=None`` reads STREAMSENSE_ASR_WORD_TIMESTAMPS, so a worker built without the
-        argument still honours the setting."""
+        """``word_timestamps=None`` reads STREAMSENSE_ASR_WORD_TIMESTAMPS, and ``partial_interval_ms=None``
+        STREAMSENSE_ASR_PARTIAL_INTERVAL_MS, so a worker built without the arguments still honours the settings.
+
+        ``max_state_bytes`` bounds each ``asr.state`` record (see "Checkpoint size" in the module doc); it must
+        hold the longest tail the VAD settings allow, else ValueError."""
         self.engine = engine
         self.vad_config = vad or VADConfig(max_segment_s=15.0)
         self.window = reorder_window
@@ -299,6 +343,20 @@ class AsrProcessor:
         if word_timestamps is None:
             word_timestamps = env_bool(os.environ, "STREAMSENSE_ASR_WORD_TIMESTAMPS", False)
         self.word_timestamps = word_timestamps
+        if partial_interval_ms is None:  # parse only this variable, with the Settings' own rules
+            env = {k: v for k, v in os.environ.items() if k == "STREAMSENSE_ASR_PARTIAL_INTERVAL_MS"}
+            partial_interval_ms = Settings.from_env(env).asr_partial_interval_ms
+        if partial_interval_ms < 0:
+            raise ValueError(f"partial_interval_ms={partial_interval_ms} must be >= 0 (0: no partials)")
+        self.partial_interval_s = partial_interval_ms / 1000
+        self.max_state_bytes = max_state_bytes
+        keep = int(self._tail_keep_s() * SAMPLE_RATE)
+        worst = StreamCheckpoint("\U0001f600" * MAX_STREAM_ID, 2**62, 2**62, 1e9, np.zeros(keep, np.float32),
+                                 eos_seq=2**62, last_seen_ms=2**62, word_timestamps=False)
+        if checkpoint_size_bound(worst) > max_state_bytes:
+            raise ValueError(f"max_state_bytes={max_state_bytes} cannot hold a stream's tail of "
+                             f"{self._tail_keep_s():.1f} s (max_segment_s {self.vad_config.max_segment_s:g}); "
+                             f"need at least {checkpoint_size_bound(worst)}")
         self.streams: dict[str, StreamState] = {}
         for sid, cp in (restored or {}).items():
             self.streams[sid] = self._restore(cp)
@@ -328,7 +386,7 @@ class AsrProcessor:
             touched[meta.stream_id] = state
             released = state.buffer.push(meta.seq, samples, meta.eos)
             self._feed(state, released, meta.seq, pending, outputs)
-        outputs.extend(self._transcribe(pending))
+        outputs.extend(self._transcribe(pending, self._open_segments(list(touched.values()))))
         outputs.extend(self._checkpoint(s) for s in touched.values())
         return outputs
 
@@ -378,24 +436,38 @@ class AsrProcessor:
 
     def _feed(self, state: StreamState, released: list, seq: int, pending: list[_Pending],
               outputs: list[OutRecord]) -> None:
-        for item in released:
-            if len(item) == 2:  # a hole given up on: close the open segment, report the gap, splice
-                for seg in state.vad.flush():
-                    pending.append(_Pending(state, seg, item[0] - 1))
-                outputs.append(self._gap_event(state, item[0], item[1]))
-                continue
-            chunk_seq, samples, eos = item
-            pending.extend(_Pending(state, s, chunk_seq) for s in self._push_audio(state, samples))
-            if eos:
-                pending.extend(_Pending(state, s, chunk_seq) for s in state.vad.flush())
-                state.ended = True
-        self._trim_tail(state)
+        reason = None
+        while True:
+            for item in released:
+                if len(item) == 2:  # a hole given up on: close the open segment, report the gap, splice
+                    for seg in state.vad.flush():
+                        pending.append(_Pending(state, seg, item[0] - 1))
+                    outputs.append(self._gap_event(state, item[0], item[1], reason))
+                    continue
+                chunk_seq, samples, eos = item
+                pending.extend(_Pending(state, s, chunk_seq) for s in self._push_audio(state, samples))
+                if eos:
+                    pending.extend(_Pending(state, s, chunk_seq) for s in state.vad.flush())
+                    state.ended = True
+            self._trim_tail(state)
+            if not state.buffer.pending:
+                return
+            size = checkpoint_size_bound(self._snapshot(state))
+            if size <= self.max_state_bytes:
+                return
+            # The checkpoint would not fit in one record: stop waiting for the oldest missing chunk (as if the
+            # reorder window had passed) rather than drop buffered audio or write a record the broker rejects.
+            reason = (f"given up early: {state.buffer.pending_samples / SAMPLE_RATE:.1f} s of later audio were "
+                      f"buffered, over the {self.max_state_bytes}-byte checkpoint bound")
+            log.warning("asr stream %s: %s", state.stream_id, reason)
+            released = state.buffer.give_up_hole()
+
+    def _tail_keep_s(self) -> float:
+        return self.vad_config.max_segment_s + self.vad_config.pad_s + self.vad_config.hangover_s
 
     def _trim_tail(self, state: StreamState) -> None:
         """Keep only audio an open segment may still need: bounded by the max segment length (+ padding)."""
-        keep_s = self.vad_config.max_segment_s + self.vad_config.pad_s + self.vad_config.hangover_s
-        if state.ended:
-            keep_s = 0.0
+        keep_s = 0.0 if state.ended else self._tail_keep_s()
         drop = state.tail.size - int(keep_s * SAMPLE_RATE)
         if drop > 0:
             state.tail = state.tail[drop:]
@@ -411,24 +483,65 @@ class AsrProcessor:
 
     # --- outputs -----------------------------------------------------------------------------------------------
 
-    def _transcribe(self, pending: list[_Pending]) -> list[OutRecord]:
-        if not pending:
+    def _transcribe(self, pending: list[_Pending], partials: Sequence[_Pending] = ()) -> list[OutRecord]:
+        """Finals for closed segments, then partials for open ones, from one engine call (one batch)."""
+        if not pending and not partials:
             return []
-        segments = [p.segment.samples for p in pending]
-        wants = [self._wants_words(p.state) for p in pending]
+        segments = [p.segment.samples for p in (*pending, *partials)]
+        wants = [self._wants_words(p.state) for p in pending] + [False] * len(partials)
         # only pass the flags when some stream wants words, so simpler Transcribers keep working
         results = self.engine.transcribe(segments, word_timestamps=wants) if any(wants) else \
             self.engine.transcribe(segments)
         outputs: list[OutRecord] = []
-        for p, result in zip(pending, results, strict=True):
+        for p, result in zip(pending, results[: len(pending)], strict=True):
             state = p.state
             start, end = state.base_s + p.segment.start_s, state.base_s + p.segment.end_s
             self._after_segment(state, end)
+            if state.partial_index is not None:
+                # The first segment to close after a partial is the one it previewed: its final (same index)
+                # supersedes the partial; if it has no text, an empty partial withdraws the preview.
+                if not result.text:
+                    outputs.append(self._partial(state, state.partial_index, p.seq, start, end, None))
+                state.partial_index = None
             if not result.text:
                 continue  # silence / noise: no text, no id consumed
             index, state.next_index = state.next_index, state.next_index + 1
             outputs.extend(self._final(state, index, p.seq, start, end, result))
+        for p, result in zip(partials, results[len(pending):], strict=True):
+            if result.text:
+                state = p.state
+                outputs.append(self._partial(state, state.next_index, p.seq, state.base_s + p.segment.start_s,
+                                             state.base_s + p.segment.end_s, result))
+                state.partial_index = state.next_index
         return outputs
+
+    def _open_segments(self, streams: Sequence[StreamState]) -> list[_Pending]:
+        """Open segments due a partial: at least ``partial_interval_s`` of speech since the last one."""
+        due = []
+        for state in streams:
+            if self.partial_interval_s <= 0 or state.ended or state.replay is not None:
+                continue
+            seg = state.vad.open_segment()
+            if seg is None or seg.end_s - max(seg.start_s, state.partial_at_s) < self.partial_interval_s:
+                continue
+            state.partial_at_s = seg.end_s
+            due.append(_Pending(state, seg, (state.buffer.next_seq or 1) - 1))
+        return due
+
+    def _partial(self, state: StreamState, index: int, seq: int, start: float, end: float,
+                 result: Transcription | None) -> OutRecord:
+        """An unstable hypothesis for the open segment that will become final ``index`` (``result`` None: the
+        segment closed without text, so the earlier partial is withdrawn with an empty one)."""
+        event: dict[str, Any] = {
+            "id": f"{state.stream_id}:{index}:partial@{round(end * 1000)}", "ts": self.clock(),
+            "schema": schema_id(topics.ASR_TRANSCRIPTS), "stream_id": state.stream_id, "seq": seq,
+            "segment_index": index, "start": round(start, 3), "end": round(end, 3),
+            "text": result.text if result else "", "final": False, "partial": True,
+            "language": result.language if result else None,
+            "avg_logprob": result.avg_logprob if result else None,
+            "no_speech_prob": result.no_speech_prob if result else None, "model": self.engine.model_name,
+        }
+        return OutRecord(topics.ASR_TRANSCRIPTS, state.stream_id.encode(), encode(event), partition=state.partition)
 
     def _wants_words(self, state: StreamState) -> bool:
         return self.word_timestamps if state.word_timestamps is None else state.word_timestamps
@@ -463,22 +576,30 @@ class AsrProcessor:
                         "probability": w.probability})
         return out
 
-    def _gap_event(self, state: StreamState, first: int, last: int) -> OutRecord:
+    def _gap_event(self, state: StreamState, first: int, last: int, reason: str | None = None) -> OutRecord:
         at = round(state.base_s + state.vad.position_s, 3)
+        why = f" ({reason})" if reason else ""
         event = {
             "id": f"{state.stream_id}:gap:{first}-{last}", "ts": self.clock(),
             "schema": schema_id(topics.ASR_TRANSCRIPTS), "stream_id": state.stream_id, "seq": first,
             "start": at, "end": at, "text": "", "final": False, "model": self.engine.model_name,
-            "error": f"stream {state.stream_id}: chunks {first}..{last} never arrived; audio spliced at {at:.2f} s",
+            "error": f"stream {state.stream_id}: chunks {first}..{last} never arrived{why}; "
+                     f"audio spliced at {at:.2f} s",
         }
         return OutRecord(topics.ASR_TRANSCRIPTS, state.stream_id.encode(), encode(event), partition=state.partition)
 
-    def _checkpoint(self, state: StreamState) -> OutRecord:
-        tail = state.tail
-        cp = StreamCheckpoint(
+    @staticmethod
+    def _snapshot(state: StreamState) -> StreamCheckpoint:
+        return StreamCheckpoint(
             stream_id=state.stream_id, next_seq=state.buffer.next_seq, next_index=state.next_index,
-            tail_start_s=state.tail_start_s, tail=tail, pending=dict(state.buffer.pending),
+            tail_start_s=state.tail_start_s, tail=state.tail, pending=dict(state.buffer.pending),
             eos_seq=state.buffer.eos_seq, ended=state.ended, last_seen_ms=state.last_seen_ms,
             word_timestamps=state.word_timestamps,
         )
-        return OutRecord(topics.ASR_STATE, state.stream_id.encode(), encode_checkpoint(cp))
+
+    def _checkpoint(self, state: StreamState) -> OutRecord:
+        value = encode_checkpoint(self._snapshot(state))
+        if len(value) > self.max_state_bytes:  # cannot happen: _feed bounds pending, __init__ the tail
+            log.error("asr stream %s: checkpoint of %d bytes is over the %d-byte bound", state.stream_id,
+                      len(value), self.max_state_bytes)
+        return OutRecord(topics.ASR_STATE, state.stream_id.encode(), value)

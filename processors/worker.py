@@ -37,12 +37,12 @@ def build_text(settings: Settings, bootstrap: str, progress: Callable[[str], Non
 
 
 def build_asr(settings: Settings, bootstrap: str, progress: Callable[[str], None]) -> BatchProcessor:
-    from models.asr_engine import load_engine
+    from models.asr_engine import EngineConfig, load_engine
     from models.speech_segmenter import VADConfig
     from processors.asr import AsrProcessor, read_checkpoints
 
     progress(f"loading asr model: {settings.asr_model}")
-    engine = load_engine(settings.asr_model)
+    engine = load_engine(settings.asr_model, EngineConfig(beam_size=settings.asr_beam_size))
     restored = read_checkpoints(settings, bootstrap)
     open_streams = sum(not cp.ended for cp in restored.values())
     progress(f"asr model ready: {engine.model_name}; restored {open_streams} open stream(s) from asr.state")
@@ -52,6 +52,7 @@ def build_asr(settings: Settings, bootstrap: str, progress: Callable[[str], None
         idle_timeout_s=settings.asr_idle_timeout_s,
         restored=restored,
         word_timestamps=settings.asr_word_timestamps,
+        partial_interval_ms=settings.asr_partial_interval_ms,
     )
 
 

@@ -147,6 +147,8 @@ class Settings:
     asr_idle_timeout_s: int = 10
     asr_max_segment_s: int = 15
     asr_word_timestamps: bool = False  # per-stream override: chunk header word_timestamps=1/0
+    asr_partial_interval_ms: int = 0  # 0: no partials; else a partial (final=false) per this much new speech
+    asr_beam_size: int = 3  # 1: greedy decoding (cheaper, but derails on some isolated segments)
     recs_batch_size: int = 512
     recs_batch_ms: int = 50
     recs_checkpoint_s: int = 30  # checkpoint the recommender at most this often (when it changed)
@@ -176,6 +178,8 @@ class Settings:
             asr_idle_timeout_s=_env_int(env, "STREAMSENSE_ASR_IDLE_TIMEOUT_S", 10),
             asr_max_segment_s=_env_int(env, "STREAMSENSE_ASR_MAX_SEGMENT_S", 15),
             asr_word_timestamps=env_bool(env, "STREAMSENSE_ASR_WORD_TIMESTAMPS", False),
+            asr_partial_interval_ms=_env_int(env, "STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", 0, minimum=0),
+            asr_beam_size=_env_int(env, "STREAMSENSE_ASR_BEAM_SIZE", 3, minimum=1),
             recs_batch_size=_env_int(env, "STREAMSENSE_RECS_BATCH_SIZE", 512),
             recs_batch_ms=_env_int(env, "STREAMSENSE_RECS_BATCH_MS", 50, minimum=0),
             recs_checkpoint_s=_env_int(env, "STREAMSENSE_RECS_CHECKPOINT_S", 30),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.asr_engine import Transcription
 from models.wer import wer
 from processors.asr import AsrProcessor, decode_checkpoint, latest_checkpoints
 from streams import topics
@@ -240,3 +241,130 @@ def test_multilingual_model_reports_the_detected_language(clips) -> None:
     assert wer(SENTENCES["report"], final["text"]) <= 0.15, final["text"]
     [text] = events(out, topics.TEXT_IN)
     assert text["lang"] == "en"
+
+
+# --- checkpoint size guard (no whisper: only ids, times and record sizes matter) ------------------------------
+
+
+class LengthEngine:
+    """Stands in for whisper: one word per segment naming its length, so a changed cut shows in the text."""
+
+    model_name = "length"
+
+    def transcribe(self, segments, word_timestamps=None) -> list[Transcription]:
+        return [Transcription(f"samples{s.size}", "en", -0.1, 0.01) for s in segments]
+
+
+def noisy_chunks(sid: str, n: int, seconds: float = 8.0) -> list[OutRecord]:
+    """Chunks of loud uniform noise, each ending in 1 s of digital silence (a pause: the segment closes).
+    Noise does not compress, so a checkpoint holding it is as big as its PCM16."""
+    rng = np.random.default_rng(5)
+    out = []
+    for seq in range(n):
+        noise = rng.uniform(-0.5, 0.5, int((seconds - 1.0) * 16000))
+        pcm = (np.concatenate([noise, np.zeros(16000)]) * 32767).astype("<i2").tobytes()
+        headers = chunk_headers(sid, seq, 16000, 1, eos=seq == n - 1)
+        out.append(OutRecord(topics.AUDIO_CHUNKS, sid.encode(), pcm, headers))
+    return out
+
+
+def test_checkpoints_stay_under_the_size_bound_and_a_restart_still_loses_and_repeats_nothing() -> None:
+    """Chunk 1 is late; 8 s chunks 2..9 wait for it (inside the reorder window of 8) — 2.5 MB of audio, which
+    no 1 MB record holds. The processor gives up on chunk 1 early instead; a crash right after, a restore
+    and an at-least-once replay then give exactly the finals of an uninterrupted run."""
+    chunks = raw(noisy_chunks("big", 14))
+    order = [chunks[0], *chunks[2:10], chunks[1], *chunks[10:]]  # chunk 1 arrives after 8 later ones
+
+    def run(records: list[RawRecord], crash_after: int | None = None) -> tuple[list[OutRecord], int | None]:
+        asr, outs, fired = AsrProcessor(LengthEngine(), clock=lambda: 1_000), [], None
+        i = 0
+        while i < len(records):
+            out = asr.process([records[i]])
+            outs += out
+            if fired is None and any(e.get("error") for e in events(out, topics.ASR_TRANSCRIPTS)):
+                fired = i
+                if crash_after is not None:  # delivered, not committed: restore, replay this batch too
+                    state = [(o.key, o.value) for o in outs if o.topic == topics.ASR_STATE]
+                    asr = AsrProcessor(LengthEngine(), clock=lambda: 1_000, restored=latest_checkpoints(state))
+                    i -= crash_after
+            i += 1
+        return outs, fired
+
+    straight, fired = run(order)
+    sizes = [len(o.value) for o in straight if o.topic == topics.ASR_STATE]
+    assert max(sizes) <= 1_000_000, max(sizes)
+    assert fired is not None and fired < 9  # gave up before chunk 1 came (the window alone would wait for it)
+    [gap] = [e for e in events(straight, topics.ASR_TRANSCRIPTS) if e.get("error")]
+    assert gap["id"] == "big:gap:1-1" and "checkpoint bound" in gap["error"]
+    want = [(e["id"], e["start"], e["end"], e["text"]) for e in finals(straight)]
+    assert [w[0] for w in want] == [f"big:{i}" for i in range(len(want))] and len(want) == 13  # no chunk 1
+
+    crashed, _ = run(order, crash_after=3)
+    got = {(e["id"], e["start"], e["end"], e["text"]) for e in finals(crashed)}
+    assert got == set(want)  # repeats only re-send identical finals (same id, same content)
+    assert max(len(o.value) for o in crashed if o.topic == topics.ASR_STATE) <= 1_000_000
+
+
+def test_a_bound_that_cannot_hold_the_longest_tail_is_refused() -> None:
+    from models.speech_segmenter import VADConfig
+
+    AsrProcessor(LengthEngine(), vad=VADConfig(max_segment_s=29.0))  # the worker's largest setting fits
+    with pytest.raises(ValueError, match="cannot hold a stream's tail"):
+        AsrProcessor(LengthEngine(), vad=VADConfig(max_segment_s=29.0), max_state_bytes=900_000)
+
+
+# --- partial hypotheses -----------------------------------------------------------------------------------------
+
+
+def partials(outputs: list[OutRecord]) -> list[dict]:
+    return [e for e in events(outputs, topics.ASR_TRANSCRIPTS) if e.get("partial")]
+
+
+def test_partials_preview_the_open_segment_and_its_final_supersedes_them(engine, clips) -> None:
+    asr = processor(engine, partial_interval_ms=1000)
+    out: list[OutRecord] = []
+    for record in raw(pcm16_chunks(*clips["fox"], 1, "live", chunk_ms=500)):  # one chunk per batch, as live
+        out += asr.process([record])
+    got, [final] = partials(out), finals(out)
+    assert len(got) >= 2, got  # the sentence is ~4 s long: a preview per second of new speech
+    assert all(e["final"] is False and e["segment_index"] == final["segment_index"] == 0 for e in got)
+    assert len({e["id"] for e in got}) == len(got) and all(e["id"].startswith("live:0:partial@") for e in got)
+    ends = [e["end"] for e in got]
+    assert ends == sorted(ends) and ends[-1] <= final["end"] and all(e["start"] == final["start"] for e in got)
+    order = [json.loads(o.value).get("partial", False) for o in out if o.topic == topics.ASR_TRANSCRIPTS]
+    assert order == [True] * len(got) + [False]  # every preview before the final that supersedes it
+    last = got[-1]["text"].lower().split()
+    assert wer(" ".join(last), " ".join(final["text"].lower().split()[: len(last)])) <= 0.3, (got[-1], final)
+    assert [e["id"] for e in events(out, topics.TEXT_IN)] == [final["id"]]  # partials never reach text.in
+
+
+def test_partials_are_off_by_default_and_read_from_the_environment(engine, clips,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", raising=False)
+    asr = processor(engine)
+    assert asr.partial_interval_s == 0
+    out = [o for r in raw(pcm16_chunks(*clips["report"], 1, "quiet-ui", chunk_ms=500)) for o in asr.process([r])]
+    assert partials(out) == [] and len(finals(out)) == 1
+    monkeypatch.setenv("STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", "750")
+    assert processor(engine).partial_interval_s == 0.75
+    monkeypatch.setenv("STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", "-1")
+    with pytest.raises(ValueError):
+        processor(engine)
+
+
+class ShortOnlyEngine(LengthEngine):
+    """Text for segments under 2 s only: a partial gets text, the closed segment's final gets none."""
+
+    def transcribe(self, segments, word_timestamps=None) -> list[Transcription]:
+        return [Transcription("maybe" if s.size < 2 * 16000 else "", "en", -0.1, 0.01) for s in segments]
+
+
+def test_a_partial_whose_segment_ends_without_text_is_withdrawn() -> None:
+    asr = AsrProcessor(ShortOnlyEngine(), clock=lambda: 1_000, partial_interval_ms=1000)
+    noise = np.random.default_rng(3).uniform(-0.5, 0.5, 3 * 16000)
+    pcm = (np.concatenate([noise, np.zeros(16000)]) * 32767).astype("<i2").tobytes()
+    out = [o for r in raw(pcm16_chunks(pcm, 16000, 1, "nope", chunk_ms=1000)) for o in asr.process([r])]
+    got = partials(out)
+    assert [e["text"] for e in got] == ["maybe", ""] and finals(out) == []
+    assert got[0]["segment_index"] == got[1]["segment_index"] == 0 and got[0]["id"] != got[1]["id"]
+    assert asr.streams["nope"].next_index == 0 and asr.streams["nope"].partial_index is None

@@ -29,9 +29,11 @@ def test_dead_letter_of_keyless_empty_message():
 
 
 def test_settings_from_env_and_overrides():
-    env = {"KAFKA_BOOTSTRAP": "k1:9093", "STREAMSENSE_PARTITIONS": "8", "STREAMSENSE_TEXT_BATCH_SIZE": "16"}
+    env = {"KAFKA_BOOTSTRAP": "k1:9093", "STREAMSENSE_PARTITIONS": "8", "STREAMSENSE_TEXT_BATCH_SIZE": "16",
+           "STREAMSENSE_ASR_BEAM_SIZE": "1"}
     s = Settings.from_env(env)
-    assert (s.bootstrap, s.partitions, s.text_batch_size) == ("k1:9093", 8, 16)
+    assert (s.bootstrap, s.partitions, s.text_batch_size, s.asr_beam_size) == ("k1:9093", 8, 16, 1)
+    assert Settings.from_env({}).asr_beam_size == 3
     assert s.with_overrides(bootstrap=None, text_batch_size=4).text_batch_size == 4
     assert s.with_overrides(bootstrap=None).bootstrap == "k1:9093"
 
@@ -41,6 +43,7 @@ def test_settings_from_env_and_overrides():
     [
         ({"STREAMSENSE_PARTITIONS": "four"}, "STREAMSENSE_PARTITIONS='four' is not an integer"),
         ({"STREAMSENSE_PARTITIONS": "0"}, "must be >= 1"),
+        ({"STREAMSENSE_ASR_BEAM_SIZE": "0"}, "must be >= 1"),
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "expected one of"),
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KAFKA_SASL_MECHANISM"),
     ],

@@ -80,6 +80,19 @@ def test_buffer_eos_flush_and_first_seq() -> None:
     assert items[-1][2] is True
 
 
+def test_buffer_gives_up_only_the_first_hole_on_request() -> None:
+    b, x = StreamBuffer(window=8), np.zeros(3)
+    assert b.give_up_hole() == []  # nothing pending: nothing to give up
+    b.push(0, x)
+    for s in (2, 3, 5):
+        assert b.push(s, x) == []
+    assert b.pending_samples == 9
+    assert seqs(b.give_up_hole()) == [("gap", 1, 1), 2, 3]  # 4 is still awaited
+    assert b.next_seq == 4 and b.pending_samples == 3
+    assert b.push(1, x) == [] and b.duplicates == 1  # too late now
+    assert seqs(b.push(4, x)) == [4, 5]
+
+
 # ---------------------------------------------------------------- EnergyVAD
 def test_pause_shorter_than_hangover_keeps_one_segment() -> None:
     x = cat(silence(0.5), burst(1.0), silence(0.3), burst(0.5), silence(1.0), burst(0.7), silence(0.2))
@@ -105,6 +118,18 @@ def test_max_segment_length_cuts_long_speech() -> None:
     segs = run_vad(x, VADConfig(pad_s=0.0, max_segment_s=1.0))
     assert_bounds(bounds(segs), [(0.5, 1.5), (1.5, 2.5), (2.5, 3.0)])
     assert sum(len(s.samples) for s in segs) == round(2.5 * SR)
+
+
+def test_open_segment_previews_speech_without_closing_it() -> None:
+    x = cat(silence(0.5), burst(0.8), silence(0.2))
+    vad = EnergyVAD(VADConfig(pad_s=0.1))
+    assert vad.open_segment() is None
+    assert vad.push(x) == []
+    seg = vad.open_segment()
+    assert_bounds(bounds([seg]), [(0.4, 1.4)])  # padded, and not into the trailing silence beyond the pad
+    np.testing.assert_array_equal(seg.samples, x[round(seg.start_s * SR) : round(seg.end_s * SR)])
+    closed = vad.push(silence(0.6))
+    assert bounds(closed) == bounds([seg]) and vad.open_segment() is None
 
 
 def test_clicks_shorter_than_min_speech_are_dropped() -> None:
