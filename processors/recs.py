@@ -163,6 +163,7 @@ class RecsProcessor:
     source_topics = (topics.CLICKS, topics.ITEMS, topics.RECS_REQUESTS)
     checkpoint_topics = (topics.RECS_STATE,)
     unsharded_topics = REPLAYED_TOPICS  # one model learns from all users' clicks; see worker warnings
+    pipeline_depth = 2  # read the next batch while the model trains (processors/agent.py)
     tick_s = 1.0
 
     def __init__(

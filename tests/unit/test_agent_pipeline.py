@@ -63,3 +63,21 @@ def test_submit_returns_before_the_work_is_done_but_depth_bounds_what_is_in_flig
 
     asyncio.run(main())
     assert started == [0, 1, 2]
+
+
+def test_depth_zero_is_read_process_deliver() -> None:
+    delivered: list[bytes] = []
+
+    async def deliver(outputs: list[OutRecord]) -> None:
+        await asyncio.sleep(0.05)
+        delivered.extend(o.value for o in outputs)
+
+    async def noop(outputs: list[OutRecord], process_s: float, deliver_s: float) -> None:
+        return None
+
+    async def main() -> None:
+        pipeline = OrderedPipeline(ThreadPoolExecutor(1), deliver, depth=0)
+        await pipeline.submit(lambda: out("b0"), noop)
+        assert delivered == [b"b0"]  # submit returned only after the batch was delivered
+
+    asyncio.run(main())
