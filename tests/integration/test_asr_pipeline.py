@@ -73,6 +73,38 @@ def test_kill_9_mid_stream_then_restart_loses_and_repeats_no_segment(broker: str
     assert by_id[f"{sid}:0"]["end"] <= by_id[f"{sid}:1"]["start"]
 
 
+def test_partials_preview_an_open_segment_and_the_final_supersedes_them(broker: str, clip: Path,
+                                                                        tmp_path: Path) -> None:
+    """Before the module's shared worker starts (it would transcribe this stream too, in its own group)."""
+    sid = f"partial-{uuid.uuid4().hex[:6]}"
+    with wave.open(str(clip)) as w:
+        rate, speech = w.getframerate(), w.readframes(w.getnframes())
+    chunks = pcm16_chunks(speech + b"\0\0" * rate, rate, 1, sid, chunk_ms=400)
+    worker = WorkerProcess(broker, tmp_path, processors="asr",
+                           env={"STREAMSENSE_ASR_PARTIAL_INTERVAL_MS": "800"}).start()
+    try:
+        worker.wait_for_log("worker ready", timeout_s=120)
+        for k in range(0, len(chunks), 3):  # ~1.2 s of audio per send, so the segment stays open across batches
+            produce(broker, chunks[k : k + 3])
+            time.sleep(0.8)
+        collect(broker, topics.ASR_TRANSCRIPTS, 1, match=f"{sid}:0", worker=worker, timeout_s=90)
+        got = [json.loads(r.value) for r in read_topic(Settings(bootstrap=broker), broker, topics.ASR_TRANSCRIPTS,
+                                                       timeout_s=30, idle_timeout_s=3) if r.key == sid.encode()]
+        texts_in = [json.loads(r.value) for r in read_topic(Settings(bootstrap=broker), broker, topics.TEXT_IN,
+                                                            timeout_s=30, idle_timeout_s=3)
+                    if json.loads(r.value).get("stream_id") == sid]
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    finals = [e for e in got if e["final"]]
+    partials = [e for e in got if e.get("partial")]
+    assert [e["id"] for e in finals] == [f"{sid}:0"]
+    assert wer(SENTENCE, finals[0]["text"]) <= 0.15
+    assert partials, [e["id"] for e in got]
+    assert all(not e["final"] and e["segment_index"] == 0 for e in partials)
+    assert got.index(partials[-1]) < got.index(finals[0])  # previews come first, on the stream's partition
+    assert len(texts_in) == 1 and texts_in[0]["text"] == finals[0]["text"]  # partials never reach text.in
+
+
 @pytest.fixture(scope="module")
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory):
     w = WorkerProcess(broker, Path(tmp_path_factory.mktemp("asr-worker")), processors="asr,text").start()
@@ -223,33 +255,3 @@ def test_bad_chunks_are_dead_lettered_while_a_good_stream_still_transcribes(brok
     [final] = collect(broker, topics.ASR_TRANSCRIPTS, 1, match=good, worker=worker, timeout_s=90)
     assert final["id"] == f"{good}:0" and wer(SENTENCE, final["text"]) <= 0.15, final["text"]
 
-
-def test_partials_preview_an_open_segment_and_the_final_supersedes_them(broker: str, clip: Path,
-                                                                        tmp_path: Path) -> None:
-    sid = f"partial-{uuid.uuid4().hex[:6]}"
-    with wave.open(str(clip)) as w:
-        rate, speech = w.getframerate(), w.readframes(w.getnframes())
-    chunks = pcm16_chunks(speech + b"\0\0" * rate, rate, 1, sid, chunk_ms=400)
-    worker = WorkerProcess(broker, tmp_path, processors="asr",
-                           env={"STREAMSENSE_ASR_PARTIAL_INTERVAL_MS": "800"}).start()
-    try:
-        worker.wait_for_log("worker ready", timeout_s=120)
-        for k in range(0, len(chunks), 3):  # ~1.2 s of audio per send, so the segment stays open across batches
-            produce(broker, chunks[k : k + 3])
-            time.sleep(0.8)
-        collect(broker, topics.ASR_TRANSCRIPTS, 1, match=f"{sid}:0", worker=worker, timeout_s=90)
-        got = [json.loads(r.value) for r in read_topic(Settings(bootstrap=broker), broker, topics.ASR_TRANSCRIPTS,
-                                                       timeout_s=30, idle_timeout_s=3) if r.key == sid.encode()]
-        texts_in = [json.loads(r.value) for r in read_topic(Settings(bootstrap=broker), broker, topics.TEXT_IN,
-                                                            timeout_s=30, idle_timeout_s=3)
-                    if json.loads(r.value).get("stream_id") == sid]
-    finally:
-        assert worker.stop() == 0, worker.log()[-3000:]
-    finals = [e for e in got if e["final"]]
-    partials = [e for e in got if e.get("partial")]
-    assert [e["id"] for e in finals] == [f"{sid}:0"]
-    assert wer(SENTENCE, finals[0]["text"]) <= 0.15
-    assert partials, [e["id"] for e in got]
-    assert all(not e["final"] and e["segment_index"] == 0 for e in partials)
-    assert got.index(partials[-1]) < got.index(finals[0])  # previews come first, on the stream's partition
-    assert len(texts_in) == 1 and texts_in[0]["text"] == finals[0]["text"]  # partials never reach text.in
