@@ -5,9 +5,11 @@ commit) the batch's offsets.
 Why a thread: Faust heartbeats run on the event loop; a model call that held the loop longer than the
 session timeout would get the worker kicked out of its group. torch and spaCy release the GIL.
 
-Why fail-stop on delivery errors: Faust acks a batch's events even when the loop body raises, so a lost
-output could otherwise be committed over. Exiting the process instead leaves the offsets uncommitted;
-the restarted worker (or another group member) reprocesses the batch: at-least-once, never lost.
+Why fail-stop on transient delivery errors: Faust acks a batch's events even when the loop body raises, so a
+lost output could otherwise be committed over. Exiting the process instead leaves the offsets uncommitted;
+the restarted worker (or another group member) reprocesses the batch: at-least-once, never lost. A record that
+can never be delivered (too large, invalid) becomes a dead letter instead: a restart could not fix it, and
+fail-stop would only loop on it (streams/delivery.py).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import faust
 
 from monitoring import metrics
 from streams import topics
-from streams.deadletter import dead_letter
+from streams.deadletter import DEFAULT_MAX_MESSAGE_BYTES, dead_letter
+from streams.delivery import Delivery, DeliveryFailed
 from streams.records import OutRecord, RawRecord
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,7 @@ class OrderedPipeline:
     delivered; 0 makes ``submit`` wait for delivery, i.e. plain read-process-deliver (Faust reads nothing meanwhile).
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, deliver: Callable[[list[OutRecord]], Awaitable[None]],
+    def __init__(self, pool: ThreadPoolExecutor, deliver: Callable[[list[OutRecord]], Awaitable[list[OutRecord]]],
                  depth: int = 0) -> None:
         self._pool = pool
         self._deliver = deliver
@@ -112,8 +115,8 @@ class OrderedPipeline:
             if previous is not None:
                 await previous
             delivering = time.perf_counter()
-            await self._deliver(outputs)
-            await after_delivery(outputs, process_s, time.perf_counter() - delivering)
+            delivered = await self._deliver(outputs)  # dead letters may stand in for undeliverable outputs
+            await after_delivery(delivered, process_s, time.perf_counter() - delivering)
         except asyncio.CancelledError:  # the worker is stopping: whatever was not acked is read again
             raise
         except Exception:  # a broken chain would stop every later ack: the worker would stall silently
@@ -133,11 +136,13 @@ def attach(
     processor: BatchProcessor,
     partition_counts: dict[str, int],
     executor: ThreadPoolExecutor | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Any:
     """Register `processor` as a Faust agent on `app`; returns the agent.
 
     `partition_counts` (topic → partitions) maps an output pinned to its input's partition number onto
-    the output topic, which may have fewer partitions on a real cluster."""
+    the output topic, which may have fewer partitions on a real cluster. Outputs over `max_message_bytes`, or
+    that the broker refuses for good, become dead letters (streams/delivery.py)."""
     pool = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{processor.name}-model")
     source = app.topic(
         *processor.source_topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -150,36 +155,23 @@ def attach(
                                     key_serializer="raw", value_serializer="raw")
         return sinks[name]
 
-    checkpoint_topics = set(getattr(processor, "checkpoint_topics", ()))
+    async def send(o: OutRecord) -> Awaitable[Any]:
+        partition = None if o.partition is None else o.partition % partition_counts[o.topic]
+        return await sink(o.topic).send(key=o.key, value=o.value, headers=list(o.headers) or None,
+                                        partition=partition)
 
-    async def send_all(outputs: list[OutRecord]) -> None:
-        pending = [
-            await sink(o.topic).send(
-                key=o.key,
-                value=o.value,
-                headers=list(o.headers) or None,
-                partition=None if o.partition is None else o.partition % partition_counts[o.topic],
-            )
-            for o in outputs
-        ]
-        await asyncio.gather(*pending)
+    def fail_stop(exc: DeliveryFailed) -> NoReturn:
+        log.critical("could not deliver outputs of %s (%s); exiting without committing so the batch is "
+                     "reprocessed after restart", processor.name, exc, exc_info=exc)
+        os._exit(EXIT_DELIVERY_FAILED)
 
-    async def deliver(outputs: list[OutRecord]) -> None:
-        """Fail-stop: return only once every output is acknowledged, else exit before anything is acked."""
-        try:
-            # A processor's state checkpoints go out only once its other outputs are confirmed: a checkpoint
-            # that got ahead of lost outputs would make the replay skip the inputs that produced them.
-            await send_all([o for o in outputs if o.topic not in checkpoint_topics])
-            await send_all([o for o in outputs if o.topic in checkpoint_topics])
-        except Exception:
-            log.critical("could not deliver outputs of %s; exiting without committing so the batch is "
-                         "reprocessed after restart", processor.name, exc_info=True)
-            os._exit(EXIT_DELIVERY_FAILED)
+    delivery = Delivery(send, processor=processor.name, max_message_bytes=max_message_bytes,
+                        checkpoint_topics=getattr(processor, "checkpoint_topics", ()), on_fatal=fail_stop)
 
     # How many batches may be in flight while Faust reads on. Overlapping reading with the model helps recs (a
     # light one-thread model: ~15% more clicks/s) but cost text (a two-thread model that wants both cores) ~10%
     # on 2 cores, so the default is 0: read, process, deliver, then read again.
-    pipeline = OrderedPipeline(pool, deliver, depth=getattr(processor, "pipeline_depth", 0))
+    pipeline = OrderedPipeline(pool, delivery.deliver, depth=getattr(processor, "pipeline_depth", 0))
 
     @app.agent(source, name=f"streamsense.{processor.name}", concurrency=1)
     async def run(stream: faust.StreamT) -> None:

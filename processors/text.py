@@ -59,7 +59,7 @@ class TextEnrichmentProcessor:
                     reason=f"enrichment failed: {type(result).__name__}: {result}",
                 )
             else:
-                outputs[i] = self._enriched(event, records[i].partition, *result)
+                outputs[i] = self._enriched(event, records[i], *result)
         missing = [i for i, o in enumerate(outputs) if o is None]
         if missing:  # a bug, never an input problem: refuse to let the batch be committed
             raise RuntimeError(f"no output for batch positions {missing}")
@@ -83,7 +83,7 @@ class TextEnrichmentProcessor:
                     isolated.append(exc)
             return isolated
 
-    def _enriched(self, event: TextIn, partition: int, sentiment: Sentiment, entities: list[Entity]) -> OutRecord:
+    def _enriched(self, event: TextIn, record: RawRecord, sentiment: Sentiment, entities: list[Entity]) -> OutRecord:
         value = text_enriched_event(
             event,
             sentiment=sentiment.to_dict(),
@@ -93,4 +93,5 @@ class TextEnrichmentProcessor:
         )
         # key = id (the contract); partition = the input's, so inputs that shared a key (hence a partition)
         # come out in the order they went in
-        return OutRecord(topics.TEXT_ENRICHED, event.id.encode("utf-8"), encode(value), partition=partition)
+        return OutRecord(topics.TEXT_ENRICHED, event.id.encode("utf-8"), encode(value), partition=record.partition,
+                         source=record)

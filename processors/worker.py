@@ -109,7 +109,7 @@ def build_app(
     app = create_app(settings, bootstrap)
     partition_counts = describe_topics(settings, bootstrap)
     for processor in processors:
-        attach(app, processor, partition_counts)
+        attach(app, processor, partition_counts, max_message_bytes=settings.max_message_bytes)
         register_web = getattr(processor, "register_web", None)  # extra web pages (e.g. /recommend/{user})
         if register_web is not None:
             register_web(app)

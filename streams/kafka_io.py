@@ -68,7 +68,8 @@ def describe_topics(settings: Settings, bootstrap: str) -> dict[str, int]:
 
 def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProducer:
     """A durable producer: acks=all and retries, so a send that returns is on the broker."""
-    kwargs: dict[str, Any] = {"acks": "all", "retries": 5, "linger_ms": 5, "max_in_flight_requests_per_connection": 1}
+    kwargs: dict[str, Any] = {"acks": "all", "retries": 5, "linger_ms": 5, "max_in_flight_requests_per_connection": 1,
+                              "max_request_size": settings.max_message_bytes}
     kwargs.update(overrides)
     return KafkaProducer(**client_kwargs(settings, bootstrap), **kwargs)
 

@@ -32,3 +32,17 @@ class OutRecord:
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = field(default=())
     partition: int | None = None
+    # The input this output answers, if one does: an output that can never be delivered (over the message
+    # limit, rejected by the broker) becomes a dead letter of this input, so nothing is dropped silently.
+    source: RawRecord | None = field(default=None, compare=False, repr=False)
+
+
+# Upper bound of a record's framing in a Kafka v2 record batch (batch header 61 + record overhead 21 + varints).
+RECORD_OVERHEAD_BYTES = 128
+
+
+def record_size(record: OutRecord) -> int:
+    """An upper bound of the bytes the record takes in a produce request, as producers check it against
+    max.request.size (aiokafka's estimate is smaller, so a record within this bound is never refused)."""
+    headers = sum(len(k.encode()) + len(v or b"") + 10 for k, v in record.headers)
+    return RECORD_OVERHEAD_BYTES + len(record.key or b"") + len(record.value) + headers

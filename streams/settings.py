@@ -136,6 +136,7 @@ class Settings:
     replication: int = 1
     session_timeout_s: int = 6
     fetch_max_wait_ms: int = 100
+    max_message_bytes: int = 1_048_576  # producers' max.request.size; keep <= the brokers' message.max.bytes
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     text_batch_size: int = 64
@@ -167,6 +168,7 @@ class Settings:
             replication=_env_int(env, "STREAMSENSE_REPLICATION", 1),
             session_timeout_s=_env_int(env, "STREAMSENSE_SESSION_TIMEOUT_S", 6),
             fetch_max_wait_ms=_env_int(env, "STREAMSENSE_FETCH_MAX_WAIT_MS", 100, minimum=0),
+            max_message_bytes=_env_int(env, "STREAMSENSE_MAX_MESSAGE_BYTES", 1_048_576, minimum=4096),
             web_host=env.get("STREAMSENSE_WEB_HOST", "127.0.0.1"),
             web_port=_env_int(env, "STREAMSENSE_WEB_PORT", 6066, minimum=0),
             text_batch_size=_env_int(env, "STREAMSENSE_TEXT_BATCH_SIZE", 64),
