@@ -48,6 +48,7 @@ test-integration: models
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: models
 	$(BIN)/python bench/text_throughput.py

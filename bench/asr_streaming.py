@@ -54,12 +54,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.wer import edit_distance, normalize
-from streams import topics
 from streams.audio_producer import chunk_headers
-from streams.embedded import EmbeddedBroker
-from streams.kafka_io import ensure_topics, make_producer, read_topic, send_all
-from streams.records import OutRecord
-from streams.settings import Settings
+from streams.contracts import topics
+from streams.contracts.records import OutRecord
+from streams.contracts.settings import Settings
+from streams.runtime.embedded import EmbeddedBroker
+from streams.runtime.kafka_io import ensure_topics, make_producer, read_topic, send_all
 from tests.integration.harness import WorkerProcess
 
 SAMPLE_RATE = 16000

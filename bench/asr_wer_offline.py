@@ -24,9 +24,9 @@ import bench.asr_streaming as bench
 from bench.asr_streaming import SAMPLE_RATE, Clip, make_clips, word_errors
 from models.wer import normalize
 from processors.asr import AsrProcessor
-from streams import topics
 from streams.audio_producer import chunk_headers
-from streams.records import RawRecord
+from streams.contracts import topics
+from streams.contracts.records import RawRecord
 
 # Sentences the bench never speaks: a check that a change helps speech in general, not the bench's 10.
 HELDOUT = [

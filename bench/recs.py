@@ -41,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.recs import ItemIndex, OnlineRecommender, RecsConfig
 from models.recs.events import ClickEvent
 from processors.recs import RecsProcessor
-from streams import topics
-from streams.embedded import EmbeddedBroker, free_port
-from streams.kafka_io import client_kwargs, ensure_topics, make_producer, send_all
-from streams.records import OutRecord, RawRecord
-from streams.settings import Settings
-from streams.topics import TopicSpec
+from streams.contracts import topics
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.settings import Settings
+from streams.contracts.topics import TopicSpec
+from streams.runtime.embedded import EmbeddedBroker, free_port
+from streams.runtime.kafka_io import client_kwargs, ensure_topics, make_producer, send_all
 
 
 def pct(values: list[float], q: float) -> float:

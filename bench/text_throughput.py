@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.ner import normalize_entity_label
 from models.sentiment import load_sentiment, normalize_labels
 from models.tweets import split_tweets
-from streams import topics
-from streams.embedded import EmbeddedBroker
-from streams.kafka_io import ensure_topics, make_producer, read_topic, send_all
-from streams.records import OutRecord
-from streams.schemas import encode, now_ms, text_in_event
-from streams.settings import Settings
-from streams.topics import TopicSpec
+from streams.contracts import topics
+from streams.contracts.records import OutRecord
+from streams.contracts.schemas import encode, now_ms, text_in_event
+from streams.contracts.settings import Settings
+from streams.contracts.topics import TopicSpec
+from streams.runtime.embedded import EmbeddedBroker
+from streams.runtime.kafka_io import ensure_topics, make_producer, read_topic, send_all
 from tests.integration.harness import WorkerProcess
 
 BASELINE_IN = TopicSpec("bench.naive.in", "naive baseline input")

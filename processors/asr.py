@@ -56,11 +56,11 @@ import numpy as np
 from models.asr_engine import Transcription, Word
 from models.audio import AudioError, decode_chunk
 from models.speech_segmenter import SAMPLE_RATE, EnergyVAD, Segment, StreamBuffer, VADConfig
-from streams import topics
-from streams.deadletter import dead_letter
-from streams.records import OutRecord, RawRecord
-from streams.schemas import encode, now_ms, schema_id, text_in_event
-from streams.settings import Settings, env_bool
+from streams.contracts import topics
+from streams.contracts.deadletter import dead_letter
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.schemas import encode, now_ms, schema_id, text_in_event
+from streams.contracts.settings import Settings, env_bool
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def read_checkpoints(settings: Any, bootstrap: str, timeout_s: float = 60.0) -> 
 
     The marker replaces "read until the end offset": everything written before it is ahead of it in the
     single partition, and the embedded broker's end offsets cannot be trusted."""
-    from streams.kafka_io import make_producer, read_topic, send_all
+    from streams.runtime.kafka_io import make_producer, read_topic, send_all
 
     key = MARKER_PREFIX + settings.app_id.encode()
     token = uuid.uuid4().hex.encode()

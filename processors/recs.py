@@ -45,10 +45,10 @@ from typing import Any
 import torch
 
 from models.recs import ClickEvent, OnlineRecommender
-from streams import topics
-from streams.deadletter import dead_letter
-from streams.records import OutRecord, RawRecord
-from streams.schemas import SchemaError, decode_json_object, encode, now_ms, schema_id
+from streams.contracts import topics
+from streams.contracts.deadletter import dead_letter
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.schemas import SchemaError, decode_json_object, encode, now_ms, schema_id
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class RecsProcessor:
     source_topics = (topics.CLICKS, topics.ITEMS, topics.RECS_REQUESTS)
     checkpoint_topics = (topics.RECS_STATE,)
     unsharded_topics = REPLAYED_TOPICS  # one model learns from all users' clicks; see worker warnings
-    pipeline_depth = 2  # read the next batch while the model trains (processors/agent.py)
+    pipeline_depth = 2  # read the next batch while the model trains (streams/runtime/agent.py)
     tick_s = 1.0
 
     def __init__(
@@ -256,7 +256,7 @@ class RecsProcessor:
             return self._recommend_locked(user_id, k)
 
     def register_web(self, app: Any) -> None:
-        """``GET /recommend/{user_id}?k=10`` on the worker's web server (called by processors/worker.py)."""
+        """``GET /recommend/{user_id}?k=10`` on the worker's web server (called by streams/runtime/worker.py)."""
         processor = self
 
         @app.page("/recommend/{user_id}")
@@ -305,7 +305,7 @@ def committed_offsets(settings: Any, bootstrap: str, group_id: str) -> dict[TP, 
     """The group's committed offsets (next offset to read) for the replayed topics; {} if it has none."""
     from kafka import TopicPartition
 
-    from streams.kafka_io import admin_client, describe_topics
+    from streams.runtime.kafka_io import admin_client, describe_topics
 
     counts = describe_topics(settings, bootstrap)
     wanted = [TopicPartition(t, p) for t in REPLAYED_TOPICS for p in range(counts.get(t, 0))]
@@ -327,7 +327,7 @@ def replay(
     than on an end offset; returns the number of records replayed."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from streams.kafka_io import client_kwargs
+    from streams.runtime.kafka_io import client_kwargs
 
     todo = {tp: end for tp, end in until.items() if end - 1 > processor.offsets.get(tp, -1)}
     if not todo:

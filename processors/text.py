@@ -1,6 +1,6 @@
 """Text enrichment: `text.in` → sentiment + named entities → `text.enriched`.
 
-A batch-in, records-out function; the Faust agent around it (processors/agent.py) only moves bytes.
+A batch-in, records-out function; the Faust agent around it (streams/runtime/agent.py) only moves bytes.
 Every input yields exactly one output record — an enriched event, or a dead letter saying why not — in
 input order and on the input's partition number, so per-key order is kept and nothing is dropped silently.
 """
@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from models.text_types import Entity, Sentiment
-from streams import topics
-from streams.deadletter import dead_letter
-from streams.records import OutRecord, RawRecord
-from streams.schemas import SchemaError, TextIn, encode, now_ms, text_enriched_event
+from streams.contracts import topics
+from streams.contracts.deadletter import dead_letter
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.schemas import SchemaError, TextIn, encode, now_ms, text_enriched_event
 
 
 class Enricher(Protocol):

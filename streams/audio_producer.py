@@ -11,8 +11,8 @@ import wave
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from streams import topics
-from streams.records import OutRecord
+from streams.contracts import topics
+from streams.contracts.records import OutRecord
 
 
 def chunk_headers(stream_id: str, seq: int, sample_rate: int, channels: int, *, encoding: str = "pcm16",

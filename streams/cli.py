@@ -10,9 +10,12 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from streams import topics
-from streams.embedded import BrokerError, EmbeddedBroker
-from streams.kafka_io import (
+from streams.contracts import topics
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.schemas import SchemaError, TextIn, encode, text_in_event
+from streams.contracts.settings import ConfigError, Settings
+from streams.runtime.embedded import BrokerError, EmbeddedBroker
+from streams.runtime.kafka_io import (
     describe_topics,
     ensure_topics,
     kafka_bootstrap,
@@ -20,9 +23,6 @@ from streams.kafka_io import (
     read_topic,
     send_all,
 )
-from streams.records import OutRecord, RawRecord
-from streams.schemas import SchemaError, TextIn, encode, text_in_event
-from streams.settings import ConfigError, Settings
 
 
 def say(message: str) -> None:
@@ -87,7 +87,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 # --- run -----------------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from processors.worker import parse_processors, run_worker
+    from streams.runtime.worker import parse_processors, run_worker
 
     names = parse_processors(args.processors)
     settings = settings_from(args)

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from streams import topics
 from streams.audio_producer import wav_chunks
-from streams.embedded import EmbeddedBroker, free_port
-from streams.kafka_io import ensure_topics, make_producer, read_topic, send_all
-from streams.records import OutRecord
-from streams.schemas import encode, text_in_event
-from streams.settings import Settings
+from streams.contracts import topics
+from streams.contracts.records import OutRecord
+from streams.contracts.schemas import encode, text_in_event
+from streams.contracts.settings import Settings
+from streams.runtime.embedded import EmbeddedBroker, free_port
+from streams.runtime.kafka_io import ensure_topics, make_producer, read_topic, send_all
 
 BAD_SAMPLES: tuple[tuple[str, bytes], ...] = (
     ("malformed JSON", b'{"id": "bad-json", "text": "unterminated'),

@@ -15,9 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from streams.embedded import EmbeddedBroker
-    from streams.kafka_io import ensure_topics
-    from streams.settings import Settings
+    from streams.contracts.settings import Settings
+    from streams.runtime.embedded import EmbeddedBroker
+    from streams.runtime.kafka_io import ensure_topics
 
     log = Path(tmp_path_factory.mktemp("broker")) / "tansu.log"
     with EmbeddedBroker(log_path=log) as embedded:

@@ -12,12 +12,12 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from streams import topics
-from streams.embedded import free_port
-from streams.kafka_io import make_producer, read_topic, send_all
-from streams.records import OutRecord
-from streams.schemas import encode, text_in_event
-from streams.settings import Settings
+from streams.contracts import topics
+from streams.contracts.records import OutRecord
+from streams.contracts.schemas import encode, text_in_event
+from streams.contracts.settings import Settings
+from streams.runtime.embedded import free_port
+from streams.runtime.kafka_io import make_producer, read_topic, send_all
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,11 @@ import pytest
 
 from models.wer import wer
 from processors.asr import StreamCheckpoint, decode_checkpoint
-from streams import topics
 from streams.audio_producer import chunk_headers, pcm16_chunks, wav_chunks
-from streams.kafka_io import read_topic
-from streams.records import OutRecord
-from streams.settings import Settings
+from streams.contracts import topics
+from streams.contracts.records import OutRecord
+from streams.contracts.settings import Settings
+from streams.runtime.kafka_io import read_topic
 from tests.integration.harness import WorkerProcess, collect, produce
 
 pytestmark = pytest.mark.integration  # flite is required (make installs it): no skip when it is missing

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams import topics
 from streams.audio_producer import chunk_headers
-from streams.kafka_io import read_topic
-from streams.records import OutRecord, RawRecord
-from streams.settings import Settings
+from streams.contracts import topics
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.settings import Settings
+from streams.runtime.kafka_io import read_topic
 from tests.integration.harness import WorkerProcess, collect, produce, text_records
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from streams import topics
-from streams.embedded import free_port, port_open
-from streams.kafka_io import describe_topics, read_topic
-from streams.settings import Settings
+from streams.contracts import topics
+from streams.contracts.settings import Settings
+from streams.runtime.embedded import free_port, port_open
+from streams.runtime.kafka_io import describe_topics, read_topic
 from tests.integration.harness import REPO, WorkerProcess, collect, produce, text_records
 
 pytestmark = pytest.mark.integration

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from streams import topics
-from streams.embedded import free_port
-from streams.kafka_io import read_topic
-from streams.records import OutRecord
-from streams.settings import Settings
+from streams.contracts import topics
+from streams.contracts.records import OutRecord
+from streams.contracts.settings import Settings
+from streams.runtime.embedded import free_port
+from streams.runtime.kafka_io import read_topic
 from tests.integration.harness import REPO, WorkerProcess, collect, produce
 
 pytestmark = pytest.mark.integration
@@ -132,8 +132,8 @@ def test_requests_topic_is_answered_and_bad_clicks_are_dead_lettered(broker: str
 
 def test_restart_loads_checkpoint_and_replays_up_to_committed_offsets(tmp_path: Path) -> None:
     """Own broker: a new group starts at the beginning of clicks, so the counts must not see other tests."""
-    from streams.embedded import EmbeddedBroker
-    from streams.kafka_io import ensure_topics
+    from streams.runtime.embedded import EmbeddedBroker
+    from streams.runtime.kafka_io import ensure_topics
 
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as embedded:
         ensure_topics(Settings(bootstrap=embedded.bootstrap), embedded.bootstrap)

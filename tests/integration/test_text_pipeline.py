@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from streams import topics
-from streams.kafka_io import read_topic
-from streams.records import OutRecord
-from streams.schemas import validate_text_enriched
-from streams.settings import Settings
+from streams.contracts import topics
+from streams.contracts.records import OutRecord
+from streams.contracts.schemas import validate_text_enriched
+from streams.contracts.settings import Settings
+from streams.runtime.kafka_io import read_topic
 from tests.integration.harness import WorkerProcess, collect, produce, text_records
 
 pytestmark = pytest.mark.integration

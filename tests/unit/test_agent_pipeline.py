@@ -5,8 +5,8 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from processors.agent import OrderedPipeline
-from streams.records import OutRecord
+from streams.contracts.records import OutRecord
+from streams.runtime.agent import OrderedPipeline
 
 
 def out(tag: str) -> list[OutRecord]:

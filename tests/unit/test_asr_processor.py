@@ -16,9 +16,9 @@ import pytest
 from models.asr_engine import Transcription
 from models.wer import wer
 from processors.asr import AsrProcessor, decode_checkpoint, latest_checkpoints
-from streams import topics
 from streams.audio_producer import chunk_headers, pcm16_chunks
-from streams.records import OutRecord, RawRecord
+from streams.contracts import topics
+from streams.contracts.records import OutRecord, RawRecord
 
 SENTENCES = {
     "fox": "The quick brown fox jumps over the lazy dog near the river bank.",

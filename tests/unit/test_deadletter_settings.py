@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from streams.deadletter import dead_letter, original_bytes
-from streams.records import RawRecord
-from streams.settings import ConfigError, KafkaSecurity, Settings
+from streams.contracts.deadletter import dead_letter, original_bytes
+from streams.contracts.records import RawRecord
+from streams.contracts.settings import ConfigError, KafkaSecurity, Settings
+from streams.runtime.faust_app import faust_credentials
 
 
 def test_dead_letter_keeps_original_bytes_and_position():
@@ -59,7 +60,7 @@ def test_sasl_settings_pass_through_to_both_clients():
                                   "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "s3cret"})
     assert sec.kafka_python_kwargs() == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
                                          "sasl_plain_username": "u", "sasl_plain_password": "s3cret"}
-    creds = sec.faust_credentials()
+    creds = faust_credentials(sec)
     assert (creds.username, creds.password, creds.mechanism.value) == ("u", "s3cret", "SCRAM-SHA-512")
     assert "s3cret" not in repr(sec)
-    assert KafkaSecurity().faust_credentials() is None
+    assert faust_credentials(KafkaSecurity()) is None

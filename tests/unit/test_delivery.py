@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from streams import topics
-from streams.deadletter import dead_letter, original_bytes
-from streams.delivery import Delivery, DeliveryFailed, is_permanent
-from streams.records import OutRecord, RawRecord, record_size
+from streams.contracts import topics
+from streams.contracts.deadletter import dead_letter, original_bytes
+from streams.contracts.records import OutRecord, RawRecord, record_size
+from streams.runtime.delivery import Delivery, DeliveryFailed, is_permanent
 
 LIMIT = 1_048_576
 

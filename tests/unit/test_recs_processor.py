@@ -11,8 +11,8 @@ import torch
 
 from models.recs import OnlineRecommender, RecsConfig
 from processors.recs import RecsProcessor, load_checkpoint
-from streams import topics
-from streams.records import RawRecord
+from streams.contracts import topics
+from streams.contracts.records import RawRecord
 
 torch.set_num_threads(1)
 

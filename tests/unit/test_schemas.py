@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from streams import topics
-from streams.schemas import (
+from streams.contracts import topics
+from streams.contracts.schemas import (
     SchemaError,
     TextIn,
     decode_json_object,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from models.text_types import Entity, Sentiment
-from processors.agent import process_or_dead_letter
 from processors.text import TextEnrichmentProcessor
-from streams.records import RawRecord
-from streams.schemas import encode, text_in_event, validate_text_enriched
+from streams.contracts.records import RawRecord
+from streams.contracts.schemas import encode, text_in_event, validate_text_enriched
+from streams.runtime.agent import process_or_dead_letter
 
 
 class KeywordEnricher:

@@ -1,6 +1,6 @@
 from collections import namedtuple
 
-from processors.worker import partial_state_warnings
+from streams.runtime.worker import partial_state_warnings
 
 TP = namedtuple("TP", "topic partition")
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import faust
 
-from processors.agent import BatchProcessor, attach
-from streams.faust_app import create_app
-from streams.kafka_io import describe_topics, ensure_topics
-from streams.settings import Settings
+from streams.contracts.settings import Settings
+from streams.runtime.agent import BatchProcessor, attach
+from streams.runtime.faust_app import create_app
+from streams.runtime.kafka_io import describe_topics, ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, NoReturn
 
-from streams import topics
-from streams.deadletter import dead_letter, refit
-from streams.records import OutRecord, RawRecord, record_size
+from streams.contracts import topics
+from streams.contracts.deadletter import dead_letter, refit
+from streams.contracts.records import OutRecord, RawRecord, record_size
 
 log = logging.getLogger(__name__)
 

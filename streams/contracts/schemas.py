@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.text_types import ENTITY_LABELS, SENTIMENT_LABELS
-from streams import topics
+from streams.contracts import topics
 
 SCHEMA_VERSION = 1
 JSON_TYPE_NAMES = {

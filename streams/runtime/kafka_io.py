@@ -15,10 +15,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streams.embedded import EmbeddedBroker, port_open
-from streams.records import OutRecord, RawRecord
-from streams.settings import DEFAULT_BOOTSTRAP, Settings
-from streams.topics import TOPICS, TopicSpec
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.settings import DEFAULT_BOOTSTRAP, Settings
+from streams.contracts.topics import TOPICS, TopicSpec
+from streams.runtime.embedded import EmbeddedBroker, port_open
 
 
 def client_kwargs(settings: Settings, bootstrap: str) -> dict[str, Any]:

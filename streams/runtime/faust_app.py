@@ -15,7 +15,7 @@ from aiohttp.web import Response
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from monitoring.metrics import exposition
-from streams.settings import Settings
+from streams.contracts.settings import KafkaSecurity, Settings
 
 
 def consumer_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Consumer]:
@@ -36,12 +36,26 @@ def consumer_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Cons
     return FetchWaitConsumer
 
 
+def faust_credentials(security: KafkaSecurity) -> Any:
+    """Faust's credentials object for the client security settings (None for PLAINTEXT)."""
+    if security.protocol == "PLAINTEXT":
+        return None
+    if security.protocol == "SSL":
+        return faust.SSLCredentials(security.ssl_context())
+    return faust.SASLCredentials(
+        username=security.sasl_username,
+        password=security.sasl_password,
+        ssl_context=security.ssl_context(),
+        mechanism=(security.sasl_mechanism or "PLAIN").upper(),
+    )
+
+
 def create_app(settings: Settings, bootstrap: str, *, web_port: int | None = None) -> faust.App:
     port = settings.web_port if web_port is None else web_port
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{bootstrap}",
-        broker_credentials=settings.security.faust_credentials(),
+        broker_credentials=faust_credentials(settings.security),
         store="memory://",
         autodiscover=False,
         broker_session_timeout=settings.session_timeout_s,

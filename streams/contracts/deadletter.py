@@ -17,9 +17,9 @@ import base64
 import hashlib
 from typing import Any
 
-from streams import topics
-from streams.records import OutRecord, RawRecord, record_size
-from streams.schemas import decode_json_object, encode, now_ms, schema_id
+from streams.contracts import topics
+from streams.contracts.records import OutRecord, RawRecord, record_size
+from streams.contracts.schemas import decode_json_object, encode, now_ms, schema_id
 
 PREVIEW_CHARS = 200
 MAX_REASON_CHARS = 2000

@@ -9,7 +9,7 @@ Why fail-stop on transient delivery errors: Faust acks a batch's events even whe
 lost output could otherwise be committed over. Exiting the process instead leaves the offsets uncommitted;
 the restarted worker (or another group member) reprocesses the batch: at-least-once, never lost. A record that
 can never be delivered (too large, invalid) becomes a dead letter instead: a restart could not fix it, and
-fail-stop would only loop on it (streams/delivery.py).
+fail-stop would only loop on it (streams/runtime/delivery.py).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any, NoReturn, Protocol
 import faust
 
 from monitoring import metrics
-from streams import topics
-from streams.deadletter import DEFAULT_MAX_MESSAGE_BYTES, dead_letter
-from streams.delivery import Delivery, DeliveryFailed
-from streams.records import OutRecord, RawRecord
+from streams.contracts import topics
+from streams.contracts.deadletter import DEFAULT_MAX_MESSAGE_BYTES, dead_letter
+from streams.contracts.records import OutRecord, RawRecord
+from streams.runtime.delivery import Delivery, DeliveryFailed
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def attach(
 
     `partition_counts` (topic → partitions) maps an output pinned to its input's partition number onto
     the output topic, which may have fewer partitions on a real cluster. Outputs over `max_message_bytes`, or
-    that the broker refuses for good, become dead letters (streams/delivery.py)."""
+    that the broker refuses for good, become dead letters (streams/runtime/delivery.py)."""
     pool = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{processor.name}-model")
     source = app.topic(
         *processor.source_topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"

@@ -109,21 +109,6 @@ class KafkaSecurity:
             ctx.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
         return ctx
 
-    def faust_credentials(self) -> Any:
-        """The matching faust credentials object (None for PLAINTEXT)."""
-        import faust
-
-        if self.protocol == "PLAINTEXT":
-            return None
-        if self.protocol == "SSL":
-            return faust.SSLCredentials(self.ssl_context())
-        return faust.SASLCredentials(
-            username=self.sasl_username,
-            password=self.sasl_password,
-            ssl_context=self.ssl_context(),
-            mechanism=(self.sasl_mechanism or "PLAIN").upper(),
-        )
-
 
 @dataclass(frozen=True)
 class Settings:
