@@ -57,6 +57,15 @@ class TextEnricher:
         """Model identities recorded in every enriched event, so outputs can be traced to a build."""
         return {"sentiment": self.sentiment.name, "ner": self.ner.name}
 
+    def replace(self, kind: str, model: SentimentModel | EntityRecognizer) -> None:
+        """Serve ``model`` for ``kind`` ("sentiment" or "ner") from the next call on (hot swap)."""
+        if kind == "sentiment":
+            self.sentiment = model  # type: ignore[assignment]
+        elif kind == "ner":
+            self.ner = model  # type: ignore[assignment]
+        else:
+            raise KeyError(f"unknown text model kind {kind!r}; expected 'sentiment' or 'ner'")
+
     def enrich(self, texts: Sequence[str]) -> list[tuple[Sentiment, list[Entity]]]:
         texts = list(texts)
         if not texts:

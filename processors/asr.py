@@ -1,6 +1,6 @@
 """Streaming speech recognition: ``audio.chunks`` → ``asr.transcripts`` (+ ``text.in`` for final segments).
 
-A batch-in, records-out function like processors/text.py; the Faust agent only moves bytes. Per stream:
+A batch-in, records-out function like processors/text.py; the runtime only moves bytes. Per stream:
 chunks are decoded (models/audio.py), deduplicated and reordered by seq (StreamBuffer), cut into speech
 segments by an energy VAD, and all streams' segments of a batch are transcribed together (models/asr_engine).
 
@@ -22,13 +22,14 @@ Output contract (documented here because consumers rely on it):
   ``words: [{word, start, end, probability}]``, times in seconds from stream start, inside [start, end].
 - ``language``: "en" for ".en" models; multilingual models (e.g. "base") detect it per segment.
 - Bad chunks become dead letters with the decoder's reason; other streams are unaffected.
-- Each batch also writes the touched streams' open state to ``asr.state`` (see the checkpoint section),
-  delivered after the transcripts (the agent's ``checkpoint_topics``), so a restart neither loses buffered
-  audio nor repeats a final segment.
+- After each batch the touched streams' open state is checkpointed (`checkpoints`; the runtime's state store
+  writes it to ``asr.state`` after the batch's transcripts), so a restart neither loses buffered audio nor
+  repeats a final segment.
 
 Why checkpoints: Faust commits a batch's offsets once its outputs are delivered, so audio still buffered
-(an open segment, chunks waiting for a missing seq) would be lost on a crash. A restarted worker reads
-``asr.state`` up to a marker it wrote itself (never end offsets: the embedded broker gets them wrong).
+(an open segment, chunks waiting for a missing seq) would be lost on a crash. On start the runtime restores
+the latest checkpoint of every stream (streams/runtime/recovery.py). The data layout of a stream's state is
+the ``asr.state`` contract in streams/contracts/asr_state.py; the chunk headers are streams/contracts/audio_chunks.py.
 
 Checkpoint size: each ``asr.state`` record stays under ``max_state_bytes`` (default 1,000,000, below Kafka's
 default 1 MB message limit, which would otherwise reject the record and stop the worker). The tail is bounded
@@ -41,12 +42,7 @@ so a restart still neither loses nor repeats a final. Counting is without compre
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import struct
-import uuid
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -57,217 +53,25 @@ from models.asr_engine import Transcription, Word
 from models.audio import AudioError, decode_chunk
 from models.speech_segmenter import SAMPLE_RATE, EnergyVAD, Segment, StreamBuffer, VADConfig
 from streams.contracts import topics
+from streams.contracts.asr_state import StreamCheckpoint, checkpoint_size_bound, decode_checkpoint, encode_checkpoint
+from streams.contracts.audio_chunks import MAX_STREAM_ID, BadChunk, parse_meta
 from streams.contracts.deadletter import dead_letter
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import encode, now_ms, schema_id, text_in_event
-from streams.contracts.settings import Settings, env_bool
+from streams.contracts.state import Checkpoint, StateError
 
 log = logging.getLogger(__name__)
 
 
-# --- checkpoints (asr.state) ------------------------------------------------------------------------------
-# Layout: 4-byte big-endian header length, JSON header, zlib(PCM16 of the tail, then each pending chunk).
-# PCM16 halves float32 and is what producers send anyway; the tail is bounded by the max segment length.
-
-STATE_VERSION = 1
-MARKER_PREFIX = b"\x00marker/"
-
-
-class StateError(ValueError):
-    """A checkpoint that cannot be read (other version, truncated); the stream then starts fresh."""
-
-
-@dataclass
-class StreamCheckpoint:
-    """Everything needed to continue a stream exactly where the last delivered batch left it."""
-
-    stream_id: str
-    next_seq: int | None
-    next_index: int  # segment counter: transcript ids are f"{stream_id}:{index}"
-    tail_start_s: float  # stream time of tail[0]
-    tail: np.ndarray  # float32 16 kHz: audio since the last final segment's end
-    pending: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)  # out-of-order chunks
-    eos_seq: int | None = None
-    ended: bool = False
-    last_seen_ms: int = 0
-    word_timestamps: bool | None = None  # a stream's own choice (chunk header); None: the processor default
-
-
-def _pcm16(x: np.ndarray) -> bytes:
-    return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
-
-
-def _header(cp: StreamCheckpoint) -> bytes:
-    lengths = [cp.tail.size] + [s.size for _, (s, _e) in sorted(cp.pending.items())]
-    header: dict[str, Any] = {
-        "v": STATE_VERSION,
-        "stream_id": cp.stream_id,
-        "next_seq": cp.next_seq,
-        "next_index": cp.next_index,
-        "tail_start_s": cp.tail_start_s,
-        "eos_seq": cp.eos_seq,
-        "ended": cp.ended,
-        "last_seen_ms": cp.last_seen_ms,
-        "word_timestamps": cp.word_timestamps,
-        "lengths": lengths,
-        "pending": [[seq, eos] for seq, (_s, eos) in sorted(cp.pending.items())],
-    }
-    return json.dumps(header, separators=(",", ":")).encode()
-
-
-def encode_checkpoint(cp: StreamCheckpoint) -> bytes:
-    blobs = [_pcm16(cp.tail)] + [_pcm16(s) for _, (s, _e) in sorted(cp.pending.items())]
-    head = _header(cp)
-    return struct.pack(">I", len(head)) + head + zlib.compress(b"".join(blobs), 6)
-
-
-def _zlib_bound(n: int) -> int:
-    """zlib's compressBound(): the most ``zlib.compress`` can return for n bytes (incompressible input)."""
-    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13
-
-
-def checkpoint_size_bound(cp: StreamCheckpoint) -> int:
-    """An upper bound of ``len(encode_checkpoint(cp))`` without compressing anything: audio may be noise,
-    which zlib cannot shrink, so the guard must not count on compression."""
-    samples = cp.tail.size + sum(s.size for s, _e in cp.pending.values())
-    return 4 + len(_header(cp)) + _zlib_bound(2 * samples)
-
-
-def decode_checkpoint(raw: bytes) -> StreamCheckpoint:
-    try:
-        (n,) = struct.unpack(">I", raw[:4])
-        header = json.loads(raw[4 : 4 + n])
-        pcm = np.frombuffer(zlib.decompress(raw[4 + n :]), "<i2").astype(np.float32) / 32768.0
-    except (struct.error, ValueError, zlib.error) as exc:
-        raise StateError(f"unreadable asr state: {exc}") from exc
-    if header.get("v") != STATE_VERSION:
-        raise StateError(f"asr state version {header.get('v')!r}, this build reads {STATE_VERSION}")
-    pieces, pos = [], 0
-    for length in header["lengths"]:
-        pieces.append(pcm[pos : pos + length].copy())
-        pos += length
-    pending = {int(seq): (pieces[i + 1], bool(eos)) for i, (seq, eos) in enumerate(header["pending"])}
-    return StreamCheckpoint(
-        stream_id=header["stream_id"], next_seq=header["next_seq"], next_index=header["next_index"],
-        tail_start_s=header["tail_start_s"], tail=pieces[0], pending=pending, eos_seq=header["eos_seq"],
-        ended=header["ended"], last_seen_ms=header.get("last_seen_ms", 0),
-        word_timestamps=header.get("word_timestamps"),
-    )
-
-
-def latest_checkpoints(records: list[tuple[bytes | None, bytes | None]]) -> dict[str, StreamCheckpoint]:
-    """Last readable checkpoint per stream from (key, value) pairs in topic order; markers are skipped."""
-    latest: dict[str, bytes] = {}
-    for key, value in records:
-        if key is None or key.startswith(MARKER_PREFIX):
-            continue
-        if value is None:
-            latest.pop(key.decode("utf-8", "replace"), None)  # tombstone
-        else:
-            latest[key.decode("utf-8", "replace")] = value
-    out: dict[str, StreamCheckpoint] = {}
-    for sid, raw in latest.items():
-        try:
-            out[sid] = decode_checkpoint(raw)
-        except StateError:
-            continue
-    return out
-
-
-def read_checkpoints(settings: Any, bootstrap: str, timeout_s: float = 60.0) -> dict[str, StreamCheckpoint]:
-    """Read ``asr.state`` from the beginning up to a marker written just now, and keep the latest per stream.
-
-    The marker replaces "read until the end offset": everything written before it is ahead of it in the
-    single partition, and the embedded broker's end offsets cannot be trusted."""
-    from streams.runtime.kafka_io import make_producer, read_topic, send_all
-
-    key = MARKER_PREFIX + settings.app_id.encode()
-    token = uuid.uuid4().hex.encode()
-    producer = make_producer(settings, bootstrap)
-    try:
-        send_all(producer, [OutRecord(topics.ASR_STATE, key, token)])
-    finally:
-        producer.close()
-    seen: list[tuple[bytes | None, bytes | None]] = []
-    found = False
-
-    def stop(record: Any) -> bool:
-        nonlocal found
-        found = record.key == key and record.value == token
-        return found
-
-    for record in read_topic(settings, bootstrap, topics.ASR_STATE, timeout_s=timeout_s, stop=stop):
-        seen.append((record.key, record.value))
-    if not found:
-        raise TimeoutError(f"did not read back the {topics.ASR_STATE} marker within {timeout_s:g} s")
-    return latest_checkpoints(seen)
-
 # Kafka's default broker limit (message.max.bytes) is 1,048,588 bytes and producers refuse records over
 # max.request.size = 1,048,576; this leaves room for the key, headers and batch overhead.
 DEFAULT_MAX_STATE_BYTES = 1_000_000
-
-REQUIRED_HEADERS = ("seq", "sample_rate", "encoding")
-MAX_STREAM_ID = 200
-
 
 class Transcriber(Protocol):
     model_name: str
 
     def transcribe(self, segments: Sequence[np.ndarray],
                    word_timestamps: Sequence[bool] | None = None) -> list[Transcription]: ...
-
-
-class BadChunk(ValueError):
-    """Headers that do not describe a usable chunk; the message is the dead-letter reason."""
-
-
-@dataclass(frozen=True)
-class ChunkMeta:
-    stream_id: str
-    seq: int
-    sample_rate: int
-    channels: int
-    encoding: str
-    eos: bool
-    word_timestamps: bool | None = None  # None: header absent, the stream keeps its current choice
-
-
-def parse_meta(record: RawRecord) -> ChunkMeta:
-    """Headers → metadata, with one specific reason per way they can be wrong."""
-    headers: dict[str, str] = {}
-    for k, v in record.headers:
-        try:
-            headers[k] = (v or b"").decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise BadChunk(f"header {k!r} is not valid UTF-8") from None
-    missing = [h for h in REQUIRED_HEADERS if not headers.get(h)]
-    if missing:
-        raise BadChunk(f"missing required header(s): {', '.join(missing)}")
-    key = record.key.decode("utf-8", "replace") if record.key else ""
-    stream_id = headers.get("stream_id") or key
-    if not stream_id:
-        raise BadChunk("no stream id: neither a stream_id header nor a message key")
-    if key and stream_id != key:
-        raise BadChunk(f"stream_id header {stream_id!r} differs from the message key {key!r}")
-    if len(stream_id) > MAX_STREAM_ID:
-        raise BadChunk(f"stream id has {len(stream_id)} characters, over {MAX_STREAM_ID}")
-    ints = {}
-    for name, default in (("seq", None), ("sample_rate", None), ("channels", "1")):
-        raw = headers.get(name) or default
-        try:
-            ints[name] = int(raw)  # type: ignore[arg-type]
-        except ValueError:
-            raise BadChunk(f"header {name!r}={raw!r} is not an integer") from None
-    if ints["seq"] < 0:
-        raise BadChunk(f"header 'seq'={ints['seq']} is negative")
-    eos = headers.get("eos", "0")
-    if eos not in ("0", "1"):
-        raise BadChunk(f"header 'eos'={eos!r}; expected '0' or '1'")
-    words = headers.get("word_timestamps")
-    if words not in (None, "", "0", "1"):
-        raise BadChunk(f"header 'word_timestamps'={words!r}; expected '0' or '1'")
-    return ChunkMeta(stream_id, ints["seq"], ints["sample_rate"], ints["channels"],
-                     headers["encoding"].lower(), eos == "1", None if not words else words == "1")
 
 
 @dataclass
@@ -288,6 +92,7 @@ class StreamState:
     last_seen_ms: int = 0
     idle_flushed: bool = False  # flushed once for the current silence; reset by the next chunk
     partition: int | None = None  # input partition, so this stream's outputs keep their order
+    offset: int = -1  # offset of the last chunk applied (the checkpoint's input offset)
     replay: np.ndarray | None = None  # restored tail, fed to the VAD before the next audio
     word_timestamps: bool | None = None  # set by the stream's chunk headers; None: the processor default
     partial_at_s: float = 0.0  # VAD time of the last partial's end (partials are not checkpointed)
@@ -304,10 +109,16 @@ class _Pending:
 
 
 class AsrProcessor:
+    """Capabilities (processors/base.py): Ticking (idle flushes), Checkpointed (one inline checkpoint per
+    touched stream per batch, so nothing needs replaying), WholePartitions (state is restored at start only)."""
+
     name = "asr"
     source_topics = (topics.AUDIO_CHUNKS,)
-    checkpoint_topics = (topics.ASR_STATE,)
-    unsharded_topics = (topics.AUDIO_CHUNKS,)  # asr.state is read at start only; see worker warnings
+    state_topic = topics.ASR_STATE
+    state_store = "topic"
+    replay_topics: tuple[str, ...] = ()  # every batch checkpoints the streams it touched before its commit
+    whole_partition_topics = (topics.AUDIO_CHUNKS,)
+    tick_s = 1.0
 
     def __init__(
         self,
@@ -320,17 +131,15 @@ class AsrProcessor:
         max_chunk_bytes: int = 16 * 1024 * 1024,
         batch_size: int = 32,
         batch_ms: int = 200,
+        read_ahead: int = 0,
         clock: Callable[[], int] = now_ms,
-        restored: dict[str, StreamCheckpoint] | None = None,
-        word_timestamps: bool | None = None,
+        word_timestamps: bool = False,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
-        partial_interval_ms: int | None = None,
+        partial_interval_ms: int = 0,
     ) -> None:
-        """``word_timestamps=None`` reads STREAMSENSE_ASR_WORD_TIMESTAMPS, and ``partial_interval_ms=None``
-        STREAMSENSE_ASR_PARTIAL_INTERVAL_MS, so a worker built without the arguments still honours the settings.
-
-        ``max_state_bytes`` bounds each ``asr.state`` record (see "Checkpoint size" in the module doc); it must
-        hold the longest tail the VAD settings allow, else ValueError."""
+        """``word_timestamps``: the default for streams whose chunks do not say; ``partial_interval_ms`` 0: no
+        partials. ``max_state_bytes`` bounds each ``asr.state`` record (see "Checkpoint size" in the module
+        doc); it must hold the longest tail the VAD settings allow, else ValueError."""
         self.engine = engine
         self.vad_config = vad or VADConfig(max_segment_s=15.0)
         self.window = reorder_window
@@ -339,13 +148,9 @@ class AsrProcessor:
         self.max_chunk_bytes = max_chunk_bytes
         self.batch_size = batch_size
         self.batch_ms = batch_ms
+        self.read_ahead = read_ahead
         self.clock = clock
-        if word_timestamps is None:
-            word_timestamps = env_bool(os.environ, "STREAMSENSE_ASR_WORD_TIMESTAMPS", False)
         self.word_timestamps = word_timestamps
-        if partial_interval_ms is None:  # parse only this variable, with the Settings' own rules
-            env = {k: v for k, v in os.environ.items() if k == "STREAMSENSE_ASR_PARTIAL_INTERVAL_MS"}
-            partial_interval_ms = Settings.from_env(env).asr_partial_interval_ms
         if partial_interval_ms < 0:
             raise ValueError(f"partial_interval_ms={partial_interval_ms} must be >= 0 (0: no partials)")
         self.partial_interval_s = partial_interval_ms / 1000
@@ -358,8 +163,7 @@ class AsrProcessor:
                              f"{self._tail_keep_s():.1f} s (max_segment_s {self.vad_config.max_segment_s:g}); "
                              f"need at least {checkpoint_size_bound(worst)}")
         self.streams: dict[str, StreamState] = {}
-        for sid, cp in (restored or {}).items():
-            self.streams[sid] = self._restore(cp)
+        self._dirty: dict[str, StreamState] = {}  # streams changed since the last checkpoints() call
 
     # --- public API --------------------------------------------------------------------------------------
 
@@ -381,13 +185,14 @@ class AsrProcessor:
                 continue
             state = self._stream(meta.stream_id)
             state.partition, state.last_seen_ms, state.idle_flushed = record.partition, now, False
+            state.offset = max(state.offset, record.offset)
             if meta.word_timestamps is not None:
                 state.word_timestamps = meta.word_timestamps
             touched[meta.stream_id] = state
             released = state.buffer.push(meta.seq, samples, meta.eos)
             self._feed(state, released, meta.seq, pending, outputs)
         outputs.extend(self._transcribe(pending, self._open_segments(list(touched.values()))))
-        outputs.extend(self._checkpoint(s) for s in touched.values())
+        self._dirty.update(touched)
         return outputs
 
     def tick(self, now_ms: int) -> list[OutRecord]:
@@ -406,8 +211,32 @@ class AsrProcessor:
             state.idle_flushed = True
             flushed.append(state)
         outputs.extend(self._transcribe(pending))
-        outputs.extend(self._checkpoint(s) for s in flushed)
+        self._dirty.update((s.stream_id, s) for s in flushed)
         return outputs
+
+    # --- state (the Checkpointed capability) ----------------------------------------------------------------
+
+    def checkpoints(self, now_ms: int) -> list[Checkpoint]:
+        """One checkpoint per stream the last batch or tick changed; delivered after that batch's outputs."""
+        out = [self._checkpoint(s) for s in self._dirty.values()]
+        self._dirty.clear()
+        return out
+
+    def restore(self, checkpoints: Sequence[Checkpoint]) -> None:
+        for cp in checkpoints:
+            try:
+                stream = decode_checkpoint(cp.data)
+            except StateError as exc:
+                log.warning("asr: ignoring the state of stream %s: %s", cp.key, exc)
+                continue
+            state = self._restore(stream)
+            state.offset = max(cp.offsets.values(), default=-1)
+            self.streams[stream.stream_id] = state
+
+    def replay(self, records: Sequence[RawRecord]) -> None:
+        """Apply chunks whose outputs were already delivered (not needed by the runtime today: ``replay_topics``
+        is empty because each batch checkpoints before its commit)."""
+        self.process(records)
 
     # --- per stream ------------------------------------------------------------------------------------------
 
@@ -597,9 +426,11 @@ class AsrProcessor:
             word_timestamps=state.word_timestamps,
         )
 
-    def _checkpoint(self, state: StreamState) -> OutRecord:
+    def _checkpoint(self, state: StreamState) -> Checkpoint:
         value = encode_checkpoint(self._snapshot(state))
         if len(value) > self.max_state_bytes:  # cannot happen: _feed bounds pending, __init__ the tail
             log.error("asr stream %s: checkpoint of %d bytes is over the %d-byte bound", state.stream_id,
                       len(value), self.max_state_bytes)
-        return OutRecord(topics.ASR_STATE, state.stream_id.encode(), value)
+        offsets = {} if state.partition is None or state.offset < 0 else \
+            {(topics.AUDIO_CHUNKS, state.partition): state.offset}
+        return Checkpoint(state.stream_id, value, offsets)

@@ -20,12 +20,13 @@ Processors import no Kafka client and no Faust (enforced by import-linter, see .
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.state import Checkpoint
 
-TP = tuple[str, int]  # (topic, partition)
+__all__ = ["CAPABILITIES", "Checkpoint", "Checkpointed", "ContractError", "HotSwappable", "Processor", "Served",
+           "Ticking", "WholePartitions", "capabilities", "validate"]
 
 
 @runtime_checkable
@@ -36,6 +37,7 @@ class Processor(Protocol):
     source_topics: tuple[str, ...]
     batch_size: int
     batch_ms: int
+    read_ahead: int  # batches in flight on the model thread while the runtime reads on (0: read, process, deliver)
 
     def process(self, records: Sequence[RawRecord]) -> list[OutRecord]: ...
 
@@ -45,19 +47,6 @@ class Ticking(Protocol):
     tick_s: float
 
     def tick(self, now_ms: int) -> list[OutRecord]: ...
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Opaque processor state with the input offsets it includes (last applied offset per partition).
-
-    ``key`` names one independent piece of state (an ASR stream, the recommender); the store keeps the latest
-    per key. ``offsets`` lets the runtime replay exactly the inputs a restored state has not seen."""
-
-    key: str
-    data: bytes
-    offsets: Mapping[TP, int] = field(default_factory=dict)
-    meta: Mapping[str, Any] = field(default_factory=dict)  # small facts shown on the state topic (version...)
 
 
 @runtime_checkable
@@ -145,7 +134,7 @@ def validate(processor: Any) -> list[str]:
     """Check ``processor`` against the contract; returns its capabilities or raises ContractError."""
     name = getattr(processor, "name", type(processor).__name__)
     if not isinstance(processor, Processor):
-        missing = [m for m in ("name", "source_topics", "batch_size", "batch_ms", "process")
+        missing = [m for m in ("name", "source_topics", "batch_size", "batch_ms", "read_ahead", "process")
                    if not hasattr(processor, m)]
         raise ContractError(f"{name}: not a processor, missing {', '.join(missing)}")
     problems = []
@@ -153,8 +142,10 @@ def validate(processor: Any) -> list[str]:
         problems.append(f"source_topics must be a non-empty tuple of topic names, got {processor.source_topics!r}")
     if not (isinstance(processor.batch_size, int) and processor.batch_size >= 1):
         problems.append(f"batch_size must be an integer >= 1, got {processor.batch_size!r}")
-    if not (isinstance(processor.batch_ms, int) and processor.batch_ms >= 0):
-        problems.append(f"batch_ms must be an integer >= 0, got {processor.batch_ms!r}")
+    for attr in ("batch_ms", "read_ahead"):
+        value = getattr(processor, attr)
+        if not (isinstance(value, int) and value >= 0):
+            problems.append(f"{attr} must be an integer >= 0, got {value!r}")
     for cap, members in _MEMBERS.items():
         present = [m for m in members if hasattr(processor, m)]
         if present and len(present) < len(members):

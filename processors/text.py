@@ -7,8 +7,8 @@ input order and on the input's partition number, so per-key order is kept and no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from models.text_types import Entity, Sentiment
 from streams.contracts import topics
@@ -23,8 +23,16 @@ class Enricher(Protocol):
 
     def enrich(self, texts: Sequence[str]) -> list[tuple[Sentiment, list[Entity]]]: ...
 
+    def replace(self, kind: str, model: Any) -> None: ...
+
+
+Loader = Callable[[str], Any]
+
 
 class TextEnrichmentProcessor:
+    """Capabilities (processors/base.py): HotSwappable — ``load_model("sentiment", spec)`` loads a model with
+    ``loaders["sentiment"]`` and serves it from the next batch on; every output names the model it came from."""
+
     name = "text"
     source_topics = (topics.TEXT_IN,)
 
@@ -35,9 +43,13 @@ class TextEnrichmentProcessor:
         max_chars: int = 5000,
         batch_size: int = 64,
         batch_ms: int = 50,
+        read_ahead: int = 0,
+        loaders: Mapping[str, Loader] | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.enricher = enricher
+        self.loaders = dict(loaders or {})
+        self.read_ahead = read_ahead  # 0: the two-thread model wants both cores; a competing reader cost ~10%
         self.max_chars = max_chars
         self.batch_size = batch_size
         self.batch_ms = batch_ms
@@ -64,6 +76,16 @@ class TextEnrichmentProcessor:
         if missing:  # a bug, never an input problem: refuse to let the batch be committed
             raise RuntimeError(f"no output for batch positions {missing}")
         return outputs  # type: ignore[return-value]
+
+    def model_versions(self) -> dict[str, str]:
+        return dict(self.enricher.models)
+
+    def load_model(self, model: str, version: str) -> str:
+        """Load first, swap after: a version that fails to load leaves the serving model in place."""
+        if model not in self.loaders:
+            raise KeyError(f"text cannot load {model!r}; it loads: {', '.join(sorted(self.loaders)) or 'nothing'}")
+        self.enricher.replace(model, self.loaders[model](version))
+        return self.enricher.models[model]
 
     def _enrich_all(self, events: list[TextIn]) -> list[tuple[Sentiment, list[Entity]] | Exception]:
         """Whole batch at once; if the batch fails, one by one, so one poison text costs only itself."""

@@ -12,15 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from streams.contracts import topics
+from streams.contracts.audio_chunks import chunk_headers
 from streams.contracts.records import OutRecord
-
-
-def chunk_headers(stream_id: str, seq: int, sample_rate: int, channels: int, *, encoding: str = "pcm16",
-                  eos: bool = False) -> tuple[tuple[str, bytes], ...]:
-    return (
-        ("stream_id", stream_id.encode()), ("seq", str(seq).encode()), ("sample_rate", str(sample_rate).encode()),
-        ("channels", str(channels).encode()), ("encoding", encoding.encode()), ("eos", b"1" if eos else b"0"),
-    )
 
 
 def pcm16_chunks(pcm: bytes, sample_rate: int, channels: int, stream_id: str, chunk_ms: int = 500,

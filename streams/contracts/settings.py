@@ -135,6 +135,13 @@ class Settings:
     asr_word_timestamps: bool = False  # per-stream override: chunk header word_timestamps=1/0
     asr_partial_interval_ms: int = 0  # 0: no partials; else a partial (final=false) per this much new speech
     asr_beam_size: int = 3  # 1: greedy decoding (cheaper, but derails on some isolated segments)
+    asr_batch_size: int = 32
+    asr_batch_ms: int = 200
+    text_read_ahead: int = 0
+    asr_read_ahead: int = 0
+    recs_read_ahead: int = 2
+    torch_threads: int = 0
+    health_stall_s: int = 300
     recs_batch_size: int = 512
     recs_batch_ms: int = 50
     recs_checkpoint_s: int = 30  # checkpoint the recommender at most this often (when it changed)

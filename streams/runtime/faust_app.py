@@ -11,10 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from aiohttp.web import Response
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from monitoring.metrics import exposition
 from streams.contracts.settings import KafkaSecurity, Settings
 
 
@@ -75,13 +73,5 @@ def create_app(settings: Settings, bootstrap: str, *, web_port: int | None = Non
     )
 
     app.transport.Consumer = consumer_with_fetch_wait(settings.fetch_max_wait_ms)
-
-    @app.page("/metrics")
-    async def metrics(web, request):  # type: ignore[no-untyped-def]
-        return Response(body=exposition(), content_type="text/plain", charset="utf-8")
-
-    @app.page("/health")
-    async def health(web, request):  # type: ignore[no-untyped-def]
-        return web.json({"status": "ok", "app": settings.app_id})
 
     return app

@@ -1,7 +1,9 @@
 """`streamsense run`: one Faust worker hosting the chosen processors.
 
-Models are loaded before the worker joins its consumer group: a first load of several seconds inside
-the event loop would stall heartbeats and trigger a rebalance.
+Start-up order matters: topics exist, models load, each processor is checked against its contract
+(processors/base.py) and its state restored and replayed (recovery.py) — all before the worker joins its
+consumer group, since seconds of work inside the event loop would stall heartbeats and trigger a rebalance.
+`/ready` answers 200 only after that and the first partition assignment (web.py).
 """
 
 from __future__ import annotations
@@ -13,16 +15,25 @@ from typing import Any
 
 import faust
 
+from processors.base import Checkpointed, Processor, Served, WholePartitions, validate
 from streams.contracts.settings import Settings
-from streams.runtime.agent import BatchProcessor, attach
+from streams.runtime.agent import attach, faust_sender
 from streams.runtime.faust_app import create_app
 from streams.runtime.kafka_io import describe_topics, ensure_topics
+from streams.runtime.recovery import restore_from_kafka
+from streams.runtime.runner import ProcessorRunner
+from streams.runtime.state_store import StateStore
+from streams.runtime.web import Readiness, register_routes, register_worker_pages
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[str], None]
 
-def build_text(settings: Settings, bootstrap: str, progress: Callable[[str], None]) -> BatchProcessor:
+
+def build_text(settings: Settings, progress: Progress) -> Processor:
     from models.enrichment import load_enricher
+    from models.ner import load_ner
+    from models.sentiment import load_sentiment
     from processors.text import TextEnrichmentProcessor
 
     progress(f"loading text models: sentiment={settings.sentiment_model} ner={settings.ner_model}")
@@ -33,54 +44,51 @@ def build_text(settings: Settings, bootstrap: str, progress: Callable[[str], Non
         max_chars=settings.text_max_chars,
         batch_size=settings.text_batch_size,
         batch_ms=settings.text_batch_ms,
+        read_ahead=settings.text_read_ahead,
+        loaders={"sentiment": load_sentiment, "ner": load_ner},
     )
 
 
-def build_asr(settings: Settings, bootstrap: str, progress: Callable[[str], None]) -> BatchProcessor:
+def build_asr(settings: Settings, progress: Progress) -> Processor:
     from models.asr_engine import EngineConfig, load_engine
     from models.speech_segmenter import VADConfig
-    from processors.asr import AsrProcessor, read_checkpoints
+    from processors.asr import AsrProcessor
 
     progress(f"loading asr model: {settings.asr_model}")
-    engine = load_engine(settings.asr_model, EngineConfig(beam_size=settings.asr_beam_size))
-    restored = read_checkpoints(settings, bootstrap)
-    open_streams = sum(not cp.ended for cp in restored.values())
-    progress(f"asr model ready: {engine.model_name}; restored {open_streams} open stream(s) from asr.state")
+    engine = load_engine(settings.asr_model, EngineConfig(beam_size=settings.asr_beam_size), threads=None)
+    progress(f"asr model ready: {engine.model_name}")
     return AsrProcessor(
         engine,
         vad=VADConfig(max_segment_s=min(float(settings.asr_max_segment_s), 29.0)),
         idle_timeout_s=settings.asr_idle_timeout_s,
-        restored=restored,
+        batch_size=settings.asr_batch_size,
+        batch_ms=settings.asr_batch_ms,
+        read_ahead=settings.asr_read_ahead,
         word_timestamps=settings.asr_word_timestamps,
         partial_interval_ms=settings.asr_partial_interval_ms,
     )
 
 
-def build_recs(settings: Settings, bootstrap: str, progress: Callable[[str], None]) -> BatchProcessor:
-    import torch
-
+def build_recs(settings: Settings, progress: Progress) -> Processor:
     from models.recs import OnlineRecommender, RecsConfig
     from models.recs.content import default_encoder
-    from processors.recs import RecsProcessor, checkpoint_path, restore
+    from processors.recs import RecsProcessor
 
-    torch.set_num_threads(1)  # micro-batches are small; more threads only contend with Faust and the web views
     encoder = default_encoder(RecsConfig().content_dim) if settings.recs_content else None
     model = OnlineRecommender(RecsConfig(use_content=encoder is not None), encoder=encoder)
-    processor = RecsProcessor(
+    progress(f"recs model ready: {model.version} (content tower: {'on' if encoder is not None else 'off'})")
+    return RecsProcessor(
         model,
         app_id=settings.app_id,
-        state_path=checkpoint_path(settings.state_dir, settings.app_id),
         batch_size=settings.recs_batch_size,
         batch_ms=settings.recs_batch_ms,
+        read_ahead=settings.recs_read_ahead,
         checkpoint_s=settings.recs_checkpoint_s,
         checkpoint_events=settings.recs_checkpoint_events,
     )
-    restore(processor, settings, bootstrap, progress)
-    progress(f"recs model ready: {model.version} (content tower: {'on' if encoder is not None else 'off'})")
-    return processor
 
 
-BUILDERS: dict[str, Callable[[Settings, str, Callable[[str], None]], BatchProcessor]] = {
+BUILDERS: dict[str, Callable[[Settings, Progress], Processor]] = {
     "text": build_text,
     "asr": build_asr,
     "recs": build_recs,
@@ -99,25 +107,53 @@ def progress_line(message: str) -> None:
     print(f"[streamsense] {message}", flush=True)
 
 
-def build_app(
-    settings: Settings, bootstrap: str, names: Sequence[str], progress: Callable[[str], None] = progress_line
-) -> faust.App:
+def torch_threads(settings: Settings, names: Sequence[str]) -> int | None:
+    """The worker's one torch intra-op thread count (process-wide, so set once, here): the setting when given;
+    else 1 when asr or recs share the worker (small batches; more threads only contend with Faust, the web
+    views and each other); else torch's default (text runs sentiment next to spaCy with its own count)."""
+    if settings.torch_threads > 0:
+        return settings.torch_threads
+    return 1 if {"asr", "recs"} & set(names) else None
+
+
+def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress: Progress = progress_line
+              ) -> faust.App:
+    threads = torch_threads(settings, names)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     created = ensure_topics(settings, bootstrap)
     if created:
         progress(f"created topics: {', '.join(created)}")
-    processors = [BUILDERS[name](settings, bootstrap, progress) for name in names]
+    processors = [BUILDERS[name](settings, progress) for name in names]
+    for processor in processors:
+        progress(f"{processor.name}: capabilities {', '.join(validate(processor)) or '-'}")
     app = create_app(settings, bootstrap)
     partition_counts = describe_topics(settings, bootstrap)
+    send = faust_sender(app, partition_counts)
+    readiness = Readiness()
+    runners = []
     for processor in processors:
-        attach(app, processor, partition_counts, max_message_bytes=settings.max_message_bytes)
-        register_web = getattr(processor, "register_web", None)  # extra web pages (e.g. /recommend/{user})
-        if register_web is not None:
-            register_web(app)
+        store = None
+        if isinstance(processor, Checkpointed):
+            store = StateStore(topic=processor.state_topic, kind=processor.state_store, processor=processor.name,
+                               app_id=settings.app_id, state_dir=settings.state_dir)
+            restore_from_kafka(processor, store, settings, bootstrap, progress)
+        runner = ProcessorRunner(processor, send, max_message_bytes=settings.max_message_bytes, state=store)
+        runners.append(runner)
+        attach(app, runner)
+        if isinstance(processor, Served):
+            register_routes(app, processor.routes())
+    register_worker_pages(app, settings.app_id, readiness, runners, settings.health_stall_s)
+    readiness.models_loaded = True
 
     @app.on_partitions_assigned.connect
     async def announce(sender: faust.App, assigned: set, **_: object) -> None:  # type: ignore[type-arg]
-        parts = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
-        progress(f"worker ready: {len(parts)} partitions assigned: {' '.join(parts) or '-'}")
+        readiness.partitions = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+        readiness.assigned = True
+        progress(f"worker ready: {len(readiness.partitions)} partitions assigned: "
+                 f"{' '.join(readiness.partitions) or '-'}")
         for warning in partial_state_warnings(processors, assigned, partition_counts):
             progress(f"warning: {warning}")
 
@@ -125,14 +161,16 @@ def build_app(
 
 
 def partial_state_warnings(
-    processors: Sequence[BatchProcessor], assigned: set[Any], partition_counts: dict[str, int]
+    processors: Sequence[Processor], assigned: set[Any], partition_counts: dict[str, int]
 ) -> list[str]:
-    """Processors whose state must see every partition of some topics (``unsharded_topics``) say so when a
+    """Processors whose state must see every partition of some topics (``WholePartitions``) say so when a
     rebalance gave this worker only part of them: a second worker in the same group splits their model."""
     out = []
     held = {(tp.topic, tp.partition) for tp in assigned}
     for p in processors:
-        for topic in getattr(p, "unsharded_topics", ()):
+        if not isinstance(p, WholePartitions):
+            continue
+        for topic in p.whole_partition_topics:
             mine = sorted(n for t, n in held if t == topic)
             if len(mine) < partition_counts.get(topic, 0):
                 out.append(f"{p.name} holds {topic} partitions {mine or '-'} of {partition_counts[topic]}: its state "
