@@ -38,13 +38,14 @@ demo: models
 	$(BIN)/streamsense demo
 
 test: models
-	$(BIN)/python -m pytest tests
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest
 
 test-unit: models
-	$(BIN)/python -m pytest tests -m "not integration"
+	$(BIN)/python -m pytest -m "not integration"
 
 test-integration: models
-	$(BIN)/python -m pytest tests -m integration
+	$(BIN)/python -m pytest -m integration
 
 lint: install
 	$(BIN)/ruff check .

@@ -54,8 +54,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.wer import edit_distance, normalize
-from streams.audio_producer import chunk_headers
 from streams.contracts import topics
+from streams.contracts.audio_chunks import chunk_headers
 from streams.contracts.records import OutRecord
 from streams.contracts.settings import Settings
 from streams.runtime.embedded import EmbeddedBroker

@@ -24,9 +24,10 @@ import bench.asr_streaming as bench
 from bench.asr_streaming import SAMPLE_RATE, Clip, make_clips, word_errors
 from models.wer import normalize
 from processors.asr import AsrProcessor
-from streams.audio_producer import chunk_headers
 from streams.contracts import topics
+from streams.contracts.audio_chunks import chunk_headers
 from streams.contracts.records import RawRecord
+from streams.contracts.settings import Settings
 
 # Sentences the bench never speaks: a check that a change helps speech in general, not the bench's 10.
 HELDOUT = [
@@ -122,7 +123,10 @@ def main() -> int:
     offline = cached[key]
     if args.beam_size >= 0:
         engine = AsrEngine(engine.model, engine.model_name, EngineConfig(beam_size=args.beam_size))
-    asr = AsrProcessor(engine, vad=VADConfig(max_segment_s=args.max_segment_s))
+    settings = Settings.from_env()  # the worker's knobs (word timings, partials) as the worker reads them
+    asr = AsrProcessor(engine, vad=VADConfig(max_segment_s=args.max_segment_s),
+                       word_timestamps=settings.asr_word_timestamps,
+                       partial_interval_ms=settings.asr_partial_interval_ms)
     s_err = o_err = words = 0
     t0, cpu0 = time.perf_counter(), time.process_time()
     for clip in clips:

@@ -226,15 +226,15 @@ class RecsProcessor:
         return {"/recommend/{user_id}": recommend_view}
 
     # -- state (the Checkpointed capability)
-    def _checkpoint_due(self) -> bool:
+    def _checkpoint_due(self, now_ms: int) -> bool:
         changed = self.model.n_applied - self._applied_at_checkpoint + self._items_since_checkpoint
         if changed <= 0:
             return False
-        return changed >= self.checkpoint_events or self.clock() - self._last_checkpoint_ms >= self.checkpoint_s * 1000
+        return changed >= self.checkpoint_events or now_ms - self._last_checkpoint_ms >= self.checkpoint_s * 1000
 
     def checkpoints(self, now_ms: int) -> list[Checkpoint]:
         """The model and its applied offsets when a checkpoint is due; runs on the model thread."""
-        if not self._checkpoint_due():
+        if not self._checkpoint_due(now_ms):
             return []
         started = time.perf_counter()
         with self.lock:

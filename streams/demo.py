@@ -125,10 +125,11 @@ class Speech:
     def see(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if topic == topics.ASR_STATE:
             if key == self.stream_id.encode() and value:
-                from processors.asr import StateError, decode_checkpoint
+                from streams.contracts.asr_state import decode_checkpoint
+                from streams.contracts.state import StateError, decode_state_record
 
                 try:
-                    cp = decode_checkpoint(value)
+                    cp = decode_checkpoint(decode_state_record(value).data)
                 except StateError:
                     return
                 if cp.ended:

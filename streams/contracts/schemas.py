@@ -192,3 +192,104 @@ def validate_text_enriched(obj: Mapping[str, Any]) -> None:
         raise SchemaError("models must be an object of name@version strings")
     if not isinstance(obj.get("latency_ms"), int | float):
         raise SchemaError("latency_ms must be a number")
+
+
+# --- the monitoring and retraining loop's topics (drift.events, retrain.requests, model.updates, feedback) ---
+# Validators only: each returns the event unchanged or raises SchemaError with a reason for the dead letter.
+
+FEEDBACK_LABELS = SENTIMENT_LABELS
+DRIFT_LEVELS = ("warning", "drift", "cleared")
+RETRAIN_REASONS = ("drift", "manual", "schedule")
+MODEL_ACTIONS = ("promote", "rollback")
+
+
+def _envelope(raw: bytes | Mapping[str, Any] | None, topic: str) -> dict[str, Any]:
+    obj = dict(raw) if isinstance(raw, Mapping) else decode_json_object(raw)
+    check_schema(obj, topic)
+    require_str(obj, "id")
+    optional_ts(obj, 0)
+    return obj
+
+
+def _one_of(obj: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    value = require_str(obj, name)
+    if value not in allowed:
+        raise SchemaError(f"field {name!r} must be one of {'|'.join(allowed)}, got {value!r}")
+    return value
+
+
+def _object(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = obj.get(name)
+    if not isinstance(value, dict):
+        raise SchemaError(f"field {name!r} must be an object, got {json_type(value)}")
+    return value
+
+
+def parse_feedback(raw: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`feedback` (key = event id): a label for an earlier event: {id, ts, schema, label, source, text?}."""
+    obj = _envelope(raw, topics.FEEDBACK)
+    _one_of(obj, "label", FEEDBACK_LABELS)
+    require_str(obj, "source")
+    if "text" in obj and obj["text"] is not None:
+        require_str(obj, "text")
+    return obj
+
+
+def parse_drift_event(raw: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`drift.events` (key = model name): {id, ts, schema, model, model_version, signal, detector, level, statistic,
+    value, threshold, reference: {events, from_ts, to_ts}, window: {...}, events_since_reference}."""
+    obj = _envelope(raw, topics.DRIFT_EVENTS)
+    for name in ("model", "model_version", "signal", "detector", "statistic"):
+        require_str(obj, name)
+    _one_of(obj, "level", DRIFT_LEVELS)
+    for name in ("value", "threshold"):
+        if isinstance(obj.get(name), bool) or not isinstance(obj.get(name), int | float):
+            raise SchemaError(f"field {name!r} must be a number, got {json_type(obj.get(name))}")
+    for name in ("reference", "window"):
+        span = _object(obj, name)
+        if not isinstance(span.get("events"), int):
+            raise SchemaError(f"field '{name}.events' must be an integer")
+    return obj
+
+
+def parse_retrain_request(raw: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`retrain.requests` (key = model name): {id, ts, schema, model, reason, drift_event_id?, requested_by}."""
+    obj = _envelope(raw, topics.RETRAIN_REQUESTS)
+    require_str(obj, "model")
+    require_str(obj, "requested_by")
+    if _one_of(obj, "reason", RETRAIN_REASONS) == "drift":
+        require_str(obj, "drift_event_id")
+    return obj
+
+
+def parse_model_update(raw: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`model.updates` (compacted, key = model name): a pointer to a registered version, never the weights:
+    {id, ts, schema, model, version, previous_version, action, metrics: {champion, challenger}, data_window,
+    registry_path, sha256}."""
+    obj = _envelope(raw, topics.MODEL_UPDATES)
+    for name in ("model", "version", "registry_path", "sha256"):
+        require_str(obj, name)
+    if obj.get("previous_version") is not None:
+        require_str(obj, "previous_version")
+    _one_of(obj, "action", MODEL_ACTIONS)
+    metrics = _object(obj, "metrics")
+    for side in ("champion", "challenger"):
+        if not isinstance(metrics.get(side), dict):
+            raise SchemaError(f"field 'metrics.{side}' must be an object")
+    _object(obj, "data_window")
+    return obj
+
+
+# --- asr.transcripts ----------------------------------------------------------------------------------------
+
+def asr_transcript_event(
+    event_id: str, *, ts: int, stream_id: str, seq: int, start: float, end: float, text: str, final: bool,
+    model: str, **fields: Any,
+) -> dict[str, Any]:
+    """One `asr.transcripts` event: a final segment (``final: true``, id ``stream:index``), a partial
+    (``final: false, partial: true``) or a gap (``final: false`` with ``error``). Times are seconds from the
+    stream's start, rounded to ms; other fields (segment_index, language, avg_logprob, no_speech_prob, words,
+    error, partial) pass through."""
+    return {"id": event_id, "ts": ts, "schema": schema_id(topics.ASR_TRANSCRIPTS), "stream_id": stream_id,
+            "seq": seq, "start": round(start, 3), "end": round(end, 3), "text": text, "final": final,
+            "model": model, **fields}

@@ -23,6 +23,7 @@ DEADLETTER = "deadletter"
 DRIFT_EVENTS = "drift.events"
 RETRAIN_REQUESTS = "retrain.requests"
 MODEL_UPDATES = "model.updates"
+FEEDBACK = "feedback"
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ TOPICS: tuple[TopicSpec, ...] = (
         config={"cleanup.policy": "compact"},
     ),
     TopicSpec(DEADLETTER, "unprocessable input: original bytes, source topic/partition/offset, reason"),
-    TopicSpec(DRIFT_EVENTS, "drift detector alarms", partitions=1),
-    TopicSpec(RETRAIN_REQUESTS, "requests to retrain a model", partitions=1),
+    TopicSpec(DRIFT_EVENTS, "drift detector alarms; key = model name (streams/contracts/schemas.py)", partitions=1),
+    TopicSpec(RETRAIN_REQUESTS, "requests to retrain a model; key = model name", partitions=1),
+    TopicSpec(FEEDBACK, "labels for earlier events (retraining); key = event id"),
     TopicSpec(
         MODEL_UPDATES,
         "model versions to hot-swap; key = model name (latest per key is kept)",

@@ -58,7 +58,7 @@ class StateStore:
         path = self.directory / f"{self._prefix(key)}{sha256[:16]}.ckpt"
         _write_atomically(path, data)
         older = sorted((p for p in self.directory.glob(f"{self._prefix(key)}*.ckpt") if p != path),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
+                       key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
         for stale in older[self.KEEP_FILES - 1 :]:
             stale.unlink(missing_ok=True)
         return path

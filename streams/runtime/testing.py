@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from processors.base import Checkpointed, Processor
+from processors.base import Checkpointed, Processor, validate
 from streams.contracts.deadletter import DEFAULT_MAX_MESSAGE_BYTES
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.state import TP
@@ -70,6 +70,7 @@ class InProcessWorker:
     def __init__(self, processor: Processor, *, sink: TestingSink | None = None, app_id: str = "test",
                  state_dir: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  clock: Callable[[], int] | None = None) -> None:
+        validate(processor)  # before the state store is built from what the processor declares
         self.processor = processor
         self.sink = sink or TestingSink()
         self.acked: list[list[int]] = []  # offsets of each acked batch, in ack order
@@ -84,7 +85,7 @@ class InProcessWorker:
         extra = {} if clock is None else {"clock": clock}
         self.runner = ProcessorRunner(processor, self.sink.send, max_message_bytes=max_message_bytes, state=store,
                                       on_fatal=self._fail_stop, on_broken=self._broken,
-                                      executor=ThreadPoolExecutor(1), **extra)
+                                      executor=ThreadPoolExecutor(1, f"{processor.name}-model"), **extra)
 
     def _fail_stop(self, exc: DeliveryFailed) -> NoReturn:
         self.stopped = exc

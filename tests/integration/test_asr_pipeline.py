@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from models.wer import wer
-from processors.asr import StreamCheckpoint, decode_checkpoint
-from streams.audio_producer import chunk_headers, pcm16_chunks, wav_chunks
+from streams.audio_producer import pcm16_chunks, wav_chunks
 from streams.contracts import topics
+from streams.contracts.asr_state import StreamCheckpoint, decode_checkpoint
+from streams.contracts.audio_chunks import chunk_headers
 from streams.contracts.records import OutRecord
 from streams.contracts.settings import Settings
+from streams.contracts.state import decode_state_record
 from streams.runtime.kafka_io import read_topic
 from tests.integration.harness import WorkerProcess, collect, produce
 
@@ -25,6 +27,11 @@ pytestmark = pytest.mark.integration  # flite is required (make installs it): no
 
 SENTENCE = "Please send the quarterly report to the finance team in London by Friday."
 OTHER = "The quick brown fox jumps over the lazy dog."
+
+
+def stream_state(value: bytes) -> StreamCheckpoint:
+    """The stream checkpoint inside an ``asr.state`` record (the runtime's state record wraps it)."""
+    return decode_checkpoint(decode_state_record(value).data)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +58,9 @@ def test_kill_9_mid_stream_then_restart_loses_and_repeats_no_segment(broker: str
         # kill only once the batch holding the open second utterance is checkpointed (and so delivered)
         checkpointed = [r for r in read_topic(
             Settings(bootstrap=broker), broker, topics.ASR_STATE, timeout_s=60,
-            stop=lambda r: r.key == sid.encode() and decode_checkpoint(r.value).next_seq == cut,
+            stop=lambda r: r.key == sid.encode() and stream_state(r.value).next_seq == cut,
         ) if r.key == sid.encode()]
-        last = decode_checkpoint(checkpointed[-1].value)
+        last = stream_state(checkpointed[-1].value)
         assert last.next_seq == cut and last.next_index == 1 and last.tail.size > 0, first.log()[-2000:]
     finally:
         first.kill()
@@ -144,7 +151,7 @@ def ended_checkpoints(broker: str, sids: set[str], timeout_s: float = 90.0,
     def stop(r) -> bool:
         key = (r.key or b"").decode("utf-8", "replace")
         if key in sids:
-            cp = decode_checkpoint(r.value)
+            cp = stream_state(r.value)
             if cp.ended:
                 done[key] = cp
         return set(done) == sids

@@ -32,7 +32,7 @@ def worker(broker: str, tmp_path_factory: pytest.TempPathFactory):
     tmp = Path(tmp_path_factory.mktemp("poison"))
     w = WorkerProcess(broker, tmp, processors="text,asr,recs",
                       env={"STREAMSENSE_STATE_DIR": str(tmp / "state"), "STREAMSENSE_RECS_CONTENT": "0"}).start()
-    w.wait_for_log("worker ready", timeout_s=180)
+    w.wait_ready(timeout_s=180)
     yield w
     assert w.stop() == 0, w.log()[-3000:]
 

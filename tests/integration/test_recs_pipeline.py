@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from streams.contracts import topics
 from streams.contracts.records import OutRecord
 from streams.contracts.settings import Settings
-from streams.runtime.embedded import free_port
+from streams.contracts.state import StateRecord, decode_state_record
 from streams.runtime.kafka_io import read_topic
 from tests.integration.harness import REPO, WorkerProcess, collect, produce
 
@@ -23,20 +22,12 @@ pytestmark = pytest.mark.integration
 
 
 class RecsWorker(WorkerProcess):
-    """The harness worker with a known web port, so the test can call /recommend."""
-
-    def start(self) -> RecsWorker:
-        self.web_port = free_port()
-        cmd = [sys.executable, "-m", "streams.cli", "run", "--processors", "recs", "--bootstrap", self.bootstrap,
-               "--web-port", str(self.web_port), "--log-level", "info"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
-        return self
+    """The launcher's worker (its own web port) with the recs view, so the test can call /recommend."""
 
     def recommend(self, user: str, k: int = 10) -> dict:
-        url = f"http://127.0.0.1:{self.web_port}/recommend/{user}?k={k}"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return json.loads(resp.read())
+        status, body = self.get(f"/recommend/{user}?k={k}")
+        assert status == 200, (status, body)
+        return body
 
     def wait_applied(self, n: int, timeout_s: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout_s
@@ -76,7 +67,7 @@ def background(prefix: str) -> list[tuple[str, str]]:
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory):
     tmp = Path(tmp_path_factory.mktemp("recs"))
     w = RecsWorker(broker, tmp, processors="recs", env={"STREAMSENSE_STATE_DIR": str(tmp / "state")}).start()
-    w.wait_for_log("worker ready", timeout_s=120)
+    w.wait_ready(timeout_s=120)
     yield w
     assert w.stop() == 0, w.log()[-3000:]
 
@@ -147,7 +138,7 @@ def restart_scenario(broker: str, tmp_path: Path) -> None:
     app_id = f"test-{p}"
     first = RecsWorker(broker, tmp_path, processors="recs", app_id=app_id, env=env).start()
     try:
-        first.wait_for_log("worker ready", timeout_s=120)
+        first.wait_ready(timeout_s=120)
         produce(broker, click_records(p, [(f"{p}-u{n % 5}", f"{p}-i{n % 13}") for n in range(40)], "a"))
         first.wait_applied(40)
         first.wait_for_log("recs checkpoint recs-online-mf@1.0+40")
@@ -156,12 +147,27 @@ def restart_scenario(broker: str, tmp_path: Path) -> None:
         time.sleep(3)  # Faust commits acked offsets every second
     finally:
         first.kill()
+    [pointer] = state_records(broker, app_id)
+    assert pointer.location == "file" and pointer.meta["model"] == "recs-online-mf@1.0+40", pointer
+    assert {t for t, _ in pointer.offsets} == {topics.CLICKS}
+    assert sum(o + 1 for o in pointer.offsets.values()) == 40, pointer.offsets  # own broker: clicks began empty
+    file = Path(pointer.path or "")
+    assert file.parent == tmp_path / "state" / app_id / "recs" and file.stat().st_size == pointer.size
     second = RecsWorker(broker, tmp_path, processors="recs", app_id=app_id, env=env).start()
     try:
-        second.wait_for_log("worker ready", timeout_s=120)
+        second.wait_ready(timeout_s=120)  # ready only once restored and replayed
         log = second.log()
-        assert "recs checkpoint loaded: recs-online-mf@1.0+40" in log, log[-3000:]
-        assert "recs replayed 10 records" in log, log[-3000:]
+        assert f"recs: restored 1 checkpoint(s) from {topics.RECS_STATE}" in log, log[-3000:]
+        assert "replayed 10 records of clicks, items up to the committed offsets" in log, log[-3000:]
         second.wait_applied(50, timeout_s=10)
     finally:
         assert second.stop() == 0, second.log()[-3000:]
+
+
+def state_records(broker: str, app_id: str) -> list[StateRecord]:
+    """The recs checkpoint pointers of ``app_id`` on recs.state (state records, streams/contracts/state.py)."""
+    found = []
+    for rec in read_topic(Settings(bootstrap=broker), broker, topics.RECS_STATE, timeout_s=15, idle_timeout_s=3):
+        if rec.key == app_id.encode() and rec.value is not None:
+            found.append(decode_state_record(rec.value))
+    return found

@@ -100,3 +100,39 @@ def test_each_kind_of_bad_input_is_dead_lettered_and_the_worker_keeps_going(brok
     [ok] = collect(broker, topics.TEXT_ENRICHED, 1, match=prefix, worker=worker)
     assert ok["sentiment"]["label"] == "positive"
 
+
+
+def swapped_copy(tmp: Path, version: str) -> Path:
+    """The built default sentiment model under another version name (weights linked, not copied)."""
+    from models.model_store import model_dir
+    from models.sentiment_training import HEAD_MODEL
+
+    src, dst = model_dir() / HEAD_MODEL, tmp / f"sentiment-{version}"
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != "config.json":
+            (dst / f.name).symlink_to(f)
+    config = json.loads((src / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**config, "streamsense_version": version}))
+    return dst
+
+
+def test_ready_health_and_a_hot_swap_through_the_worker_web_server(broker: str, worker: WorkerProcess,
+                                                                   tmp_path: Path) -> None:
+    ready = worker.wait_ready()
+    assert ready["ready"] and any(p.startswith("text.in[") for p in ready["partitions"])
+    assert worker.get("/health") == (200, {"status": "ok", "app": worker.app_id, "stalled_s": {}})
+    prefix = f"swap-{uuid.uuid4().hex[:6]}"
+    produce(broker, text_records(["I love this"], f"{prefix}-a"))
+    [before] = collect(broker, topics.TEXT_ENRICHED, 1, match=f"{prefix}-a", worker=worker)
+
+    status, body = worker.post(f"/models/text/sentiment?version={swapped_copy(tmp_path, 'v-swapped')}")
+    assert status == 200 and body["serving"] == "sentiment-minilm-head@v-swapped", body
+    produce(broker, text_records(["I love this"], f"{prefix}-b"))
+    [after] = collect(broker, topics.TEXT_ENRICHED, 1, match=f"{prefix}-b", worker=worker)
+    assert before["models"]["sentiment"] != after["models"]["sentiment"] == "sentiment-minilm-head@v-swapped"
+    assert after["sentiment"]["label"] == before["sentiment"]["label"] == "positive"
+
+    status, body = worker.post("/models/text/sentiment?version=/no/such/model")
+    assert status == 422 and body["error"], body  # the serving model stays: see the next batch
+    assert worker.post("/models/recs/model?version=x")[0] == 409  # recs does not run here

@@ -6,7 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from streams.contracts.records import OutRecord
-from streams.runtime.agent import OrderedPipeline
+from streams.runtime.runner import OrderedPipeline
 
 
 def out(tag: str) -> list[OutRecord]:

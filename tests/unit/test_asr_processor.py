@@ -1,4 +1,9 @@
-"""processors/asr.py through process()/tick() with RawRecords: real tiny.en, flite speech, no broker."""
+"""processors/asr.py with RawRecords: real tiny.en, flite speech, no broker.
+
+Tests of transcripts alone call ``process()``; tests of state, ticks and restarts run the processor through the
+real runtime core (`InProcessWorker`: its checkpoints become ``asr.state`` records through the state store,
+delivered after the batch's other outputs) and restart it with `restart` (the runtime's start-up recovery).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.asr_engine import Transcription
+from models.asr_engine import Transcription, Word
 from models.wer import wer
-from processors.asr import AsrProcessor, decode_checkpoint, latest_checkpoints
-from streams.audio_producer import chunk_headers, pcm16_chunks
+from processors.asr import AsrProcessor
+from streams.audio_producer import pcm16_chunks
 from streams.contracts import topics
-from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.asr_state import StreamCheckpoint, decode_checkpoint
+from streams.contracts.audio_chunks import chunk_headers
+from streams.contracts.deadletter import DEFAULT_MAX_MESSAGE_BYTES
+from streams.contracts.records import OutRecord, RawRecord, record_size
+from streams.contracts.state import decode_state_record, marker_key
+from streams.runtime.testing import InProcessWorker, restart
 
 SENTENCES = {
     "fox": "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -63,13 +73,26 @@ def processor(engine, **kw) -> AsrProcessor:
     return AsrProcessor(engine, clock=lambda: 1_000, **kw)
 
 
+def states(outputs: list[OutRecord]) -> list[StreamCheckpoint]:
+    """The streams' checkpoints in the ``asr.state`` records among ``outputs``, in delivery order."""
+    return [decode_checkpoint(decode_state_record(o.value).data) for o in outputs if o.topic == topics.ASR_STATE]
+
+
+def state_last(outputs: list[OutRecord]) -> None:
+    """A batch's (or tick's) state records are delivered after all its other outputs."""
+    kinds = [o.topic == topics.ASR_STATE for o in outputs]
+    assert kinds == sorted(kinds), [o.topic for o in outputs]
+
+
 def test_interleaved_streams_transcribe_separately_and_feed_text_in(engine, clips) -> None:
     asr = processor(engine)
     a = pcm16_chunks(*clips["fox"], 1, "mic-a", chunk_ms=300)
     b = pcm16_chunks(*clips["report"], 1, "mic-b", chunk_ms=700)
     mixed = [r for pair in zip(a, b, strict=False) for r in pair] + a[len(b):] + b[len(a):]
     assert len(mixed) == len(a) + len(b)
-    out = asr.process(raw(mixed))
+    worker = InProcessWorker(asr)
+    out = worker.run(raw(mixed))
+    state_last(out)
 
     by_stream: dict[str, list[dict]] = {}
     for e in finals(out):
@@ -88,17 +111,23 @@ def test_interleaved_streams_transcribe_separately_and_feed_text_in(engine, clip
     one = texts["mic-a:0"]
     assert one["source"] == "asr" and one["stream_id"] == "mic-a" and one["end"] > one["start"]
     # every touched stream checkpointed, and closed (eos) streams carry no audio
-    states = {o.key: decode_checkpoint(o.value) for o in out if o.topic == topics.ASR_STATE}
-    assert set(states) == {b"mic-a", b"mic-b"} and all(s.ended and s.tail.size == 0 for s in states.values())
+    records = {o.key: decode_state_record(o.value) for o in out if o.topic == topics.ASR_STATE}
+    saved = {key: decode_checkpoint(r.data) for key, r in records.items()}
+    assert set(saved) == {b"mic-a", b"mic-b"} and all(s.ended and s.tail.size == 0 for s in saved.values())
+    last = {r.key: r.offset for r in raw(mixed)}  # each checkpoint includes its stream's last chunk
+    assert {k: r.offsets for k, r in records.items()} == {k: {(topics.AUDIO_CHUNKS, 0): o} for k, o in last.items()}
+    assert worker.acked == [[r.offset for r in raw(mixed)]]
 
 
 def test_silence_and_hiss_give_no_text(engine) -> None:
     rng = np.random.default_rng(0)
     quiet = np.concatenate([np.zeros(16000 * 2), rng.normal(0, 0.003, 16000 * 2)])
     pcm = (quiet * 32767).astype("<i2").tobytes()
-    out = processor(engine).process(raw(pcm16_chunks(pcm, 16000, 1, "quiet", chunk_ms=200)))
+    out = InProcessWorker(processor(engine)).run(raw(pcm16_chunks(pcm, 16000, 1, "quiet", chunk_ms=200)))
     assert finals(out) == [] and events(out, topics.TEXT_IN) == []
     assert [o.topic for o in out] == [topics.ASR_STATE]
+    [state] = states(out)
+    assert state.stream_id == "quiet" and state.ended and state.next_index == 0
 
 
 def test_duplicates_and_reordering_give_the_same_transcript_once(engine, clips) -> None:
@@ -157,7 +186,7 @@ BAD = {
 def test_each_bad_chunk_is_dead_lettered_with_its_reason(engine, kind: str) -> None:
     record, reason = BAD[kind]
     good = RawRecord(topics.AUDIO_CHUNKS, 0, 2, b"ok", TONE, 0, chunk_headers("ok", 0, 16000, 1))
-    out = processor(engine).process([record, good])
+    out = InProcessWorker(processor(engine)).run([record, good])
     [letter] = events(out, topics.DEADLETTER)
     assert reason in letter["reason"], letter["reason"]
     assert letter["processor"] == "asr" and letter["source"]["offset"] == 1
@@ -168,13 +197,23 @@ def test_a_gap_that_never_fills_is_reported_and_the_stream_goes_on(engine) -> No
     sent = [OutRecord(topics.AUDIO_CHUNKS, b"gappy", TONE, chunk_headers("gappy", seq, 16000, 1))
             for seq in (0, 1, 2, 5, 6)]  # 3 and 4 never come
     asr = AsrProcessor(engine, clock=lambda: 1_000, idle_timeout_s=5)
-    assert events(asr.process(raw(sent)), topics.ASR_TRANSCRIPTS) == []  # still inside the reorder window
-    assert asr.tick(3_000) == []  # not idle yet
-    out = asr.tick(7_000)
+    now = [1_000]
+    worker = InProcessWorker(asr, clock=lambda: now[0])
+    out = worker.run(raw(sent))
+    assert events(out, topics.ASR_TRANSCRIPTS) == []  # still inside the reorder window
+    assert [s.pending.keys() for s in states(out)] == [{5, 6}]  # the waiting chunks are in the checkpoint
+    now[0] = 3_000
+    assert worker.tick() == []  # not idle yet
+    now[0] = 7_000
+    out = worker.tick()
     [gap] = events(out, topics.ASR_TRANSCRIPTS)
     assert gap["id"] == "gappy:gap:3-4" and gap["final"] is False and "3..4 never arrived" in gap["error"]
     assert asr.streams["gappy"].buffer.next_seq == 7
-    assert asr.tick(20_000) == []  # flushed once per idle period
+    state_last(out)
+    [state] = states(out)  # the flush is checkpointed too, after the gap event
+    assert state.next_seq == 7 and state.pending == {}
+    now[0] = 20_000
+    assert worker.tick() == []  # flushed once per idle period
 
 
 def test_restart_from_checkpoint_neither_loses_nor_repeats_segments(engine, clips) -> None:
@@ -183,14 +222,17 @@ def test_restart_from_checkpoint_neither_loses_nor_repeats_segments(engine, clip
     two = pcm + pcm  # two utterances: the cut lands inside the second one
     chunks = raw(pcm16_chunks(two, rate, 1, "crash", chunk_ms=400))
     cut = int(len(chunks) * 0.7)
-    first = processor(engine)
-    out1 = first.process(chunks[:cut])
-    state_log = [(o.key, o.value) for o in out1 if o.topic == topics.ASR_STATE]
-    restored = latest_checkpoints([(b"\x00marker/x", b"t"), *state_log])
-    assert restored["crash"].tail.size > 0 and not restored["crash"].ended
+    first = InProcessWorker(processor(engine))
+    out1 = first.run(chunks[:cut])
+    second = InProcessWorker(processor(engine))
+    restart(second.processor, [(marker_key("x"), b"t"), *first.state()], second.store)
+    restored = second.store.load(first.state())
+    assert [cp.key for cp in restored] == ["crash"]
+    assert restored[0].offsets == {(topics.AUDIO_CHUNKS, 0): chunks[cut - 1].offset}
+    saved = decode_checkpoint(restored[0].data)
+    assert saved.tail.size > 0 and not saved.ended
 
-    second = processor(engine, restored=restored)
-    out2 = second.process(chunks[cut - 5 :])  # the last 5 chunks were delivered but not committed
+    out2 = second.run(chunks[cut - 5 :])  # the last 5 chunks were delivered but not committed
     got = finals(out1) + finals(out2)
     assert [e["id"] for e in got] == [f"crash:{i}" for i in range(len(got))]
     text = " ".join(e["text"] for e in got)
@@ -208,7 +250,7 @@ def test_word_timestamps_on_request_are_monotonic_and_inside_their_segment(engin
     asr = processor(engine, word_timestamps=False)
     wanted = with_header(pcm16_chunks(*clips["fox"], 1, "words", chunk_ms=500), "word_timestamps", b"1")
     plain = pcm16_chunks(*clips["report"], 1, "plain", chunk_ms=500)
-    out = asr.process(raw(wanted + plain))
+    out = InProcessWorker(asr).run(raw(wanted + plain))
     got = {e["stream_id"]: e for e in finals(out)}
     assert "words" not in got["plain"]
     final = got["words"]
@@ -218,16 +260,37 @@ def test_word_timestamps_on_request_are_monotonic_and_inside_their_segment(engin
     assert all(final["start"] <= w["start"] <= w["end"] <= final["end"] for w in words)
     assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(words))
     assert all(0.0 <= w["probability"] <= 1.0 for w in words) and words[-1]["end"] > words[0]["start"]
-    [state] = [decode_checkpoint(o.value) for o in out if o.topic == topics.ASR_STATE and o.key == b"words"]
+    [state] = [s for s in states(out) if s.stream_id == "words"]
     assert state.word_timestamps is True  # a restarted worker keeps the stream's choice
 
 
-def test_word_timestamps_setting_is_read_from_the_environment(engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STREAMSENSE_ASR_WORD_TIMESTAMPS", "1")
-    assert processor(engine).word_timestamps is True
-    monkeypatch.setenv("STREAMSENSE_ASR_WORD_TIMESTAMPS", "off")
-    assert processor(engine).word_timestamps is False
-    assert processor(engine, word_timestamps=True).word_timestamps is True
+class WordsAskedEngine:
+    """Stands in for whisper: records which segments were asked for word timings."""
+
+    model_name = "words-asked"
+
+    def __init__(self) -> None:
+        self.asked: list[bool] = []
+
+    def transcribe(self, segments, word_timestamps=None) -> list[Transcription]:
+        flags = list(word_timestamps) if word_timestamps is not None else [False] * len(segments)
+        self.asked += flags
+        return [Transcription("word", "en", -0.1, 0.01, words=(Word("word", 0.0, 0.1, 0.9),) if f else None)
+                for f in flags]
+
+
+def test_word_timestamps_are_off_by_default_and_set_by_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processor takes the setting as an argument (Settings reads STREAMSENSE_ASR_WORD_TIMESTAMPS)."""
+    monkeypatch.setenv("STREAMSENSE_ASR_WORD_TIMESTAMPS", "1")  # not the processor's business any more
+    chunks = raw(noisy_chunks("w", 2, seconds=3.0))
+    off = AsrProcessor(WordsAskedEngine(), clock=lambda: 1_000)
+    assert off.word_timestamps is False
+    out = off.process(chunks)
+    assert finals(out) and all("words" not in e for e in finals(out)) and not any(off.engine.asked)
+    on = AsrProcessor(WordsAskedEngine(), clock=lambda: 1_000, word_timestamps=True)
+    assert on.word_timestamps is True
+    out = on.process(chunks)
+    assert finals(out) and all(e["words"][0]["word"] == "word" for e in finals(out)) and all(on.engine.asked)
 
 
 def test_multilingual_model_reports_the_detected_language(clips) -> None:
@@ -268,6 +331,9 @@ def noisy_chunks(sid: str, n: int, seconds: float = 8.0) -> list[OutRecord]:
     return out
 
 
+STATE_HEADER_ALLOWANCE = 1_000  # the state record's header: key, input offsets, location, size
+
+
 def test_checkpoints_stay_under_the_size_bound_and_a_restart_still_loses_and_repeats_nothing() -> None:
     """Chunk 1 is late; 8 s chunks 2..9 wait for it (inside the reorder window of 8) — 2.5 MB of audio, which
     no 1 MB record holds. The processor gives up on chunk 1 early instead; a crash right after, a restore
@@ -276,23 +342,34 @@ def test_checkpoints_stay_under_the_size_bound_and_a_restart_still_loses_and_rep
     order = [chunks[0], *chunks[2:10], chunks[1], *chunks[10:]]  # chunk 1 arrives after 8 later ones
 
     def run(records: list[RawRecord], crash_after: int | None = None) -> tuple[list[OutRecord], int | None]:
-        asr, outs, fired = AsrProcessor(LengthEngine(), clock=lambda: 1_000), [], None
+        worker = InProcessWorker(AsrProcessor(LengthEngine(), clock=lambda: 1_000))
+        outs: list[OutRecord] = []
+        fired = None
         i = 0
         while i < len(records):
-            out = asr.process([records[i]])
+            out = worker.run([records[i]])
             outs += out
             if fired is None and any(e.get("error") for e in events(out, topics.ASR_TRANSCRIPTS)):
                 fired = i
                 if crash_after is not None:  # delivered, not committed: restore, replay this batch too
                     state = [(o.key, o.value) for o in outs if o.topic == topics.ASR_STATE]
-                    asr = AsrProcessor(LengthEngine(), clock=lambda: 1_000, restored=latest_checkpoints(state))
+                    worker = InProcessWorker(AsrProcessor(LengthEngine(), clock=lambda: 1_000))
+                    restart(worker.processor, state, worker.store)
                     i -= crash_after
             i += 1
         return outs, fired
 
+    def fits(outs: list[OutRecord]) -> None:
+        """Every state record holds its stream's data whole (no dead letter stood in for one) and stays under
+        the bound plus the state record's small header, well below Kafka's 1 MB message limit."""
+        assert events(outs, topics.DEADLETTER) == []
+        records = [o for o in outs if o.topic == topics.ASR_STATE]
+        assert max(len(o.value) for o in records) <= 1_000_000 + STATE_HEADER_ALLOWANCE
+        assert max(len(decode_state_record(o.value).data) for o in records) <= 1_000_000
+        assert max(record_size(o) for o in records) < DEFAULT_MAX_MESSAGE_BYTES == 1_048_576
+
     straight, fired = run(order)
-    sizes = [len(o.value) for o in straight if o.topic == topics.ASR_STATE]
-    assert max(sizes) <= 1_000_000, max(sizes)
+    fits(straight)
     assert fired is not None and fired < 9  # gave up before chunk 1 came (the window alone would wait for it)
     [gap] = [e for e in events(straight, topics.ASR_TRANSCRIPTS) if e.get("error")]
     assert gap["id"] == "big:gap:1-1" and "checkpoint bound" in gap["error"]
@@ -302,7 +379,7 @@ def test_checkpoints_stay_under_the_size_bound_and_a_restart_still_loses_and_rep
     crashed, _ = run(order, crash_after=3)
     got = {(e["id"], e["start"], e["end"], e["text"]) for e in finals(crashed)}
     assert got == set(want)  # repeats only re-send identical finals (same id, same content)
-    assert max(len(o.value) for o in crashed if o.topic == topics.ASR_STATE) <= 1_000_000
+    fits(crashed)
 
 
 def test_a_bound_that_cannot_hold_the_longest_tail_is_refused() -> None:
@@ -338,18 +415,17 @@ def test_partials_preview_the_open_segment_and_its_final_supersedes_them(engine,
     assert [e["id"] for e in events(out, topics.TEXT_IN)] == [final["id"]]  # partials never reach text.in
 
 
-def test_partials_are_off_by_default_and_read_from_the_environment(engine, clips,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", raising=False)
+def test_partials_are_off_by_default_and_set_by_the_constructor(engine, clips,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processor takes the interval as an argument (Settings reads STREAMSENSE_ASR_PARTIAL_INTERVAL_MS)."""
+    monkeypatch.setenv("STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", "750")  # not the processor's business any more
     asr = processor(engine)
     assert asr.partial_interval_s == 0
     out = [o for r in raw(pcm16_chunks(*clips["report"], 1, "quiet-ui", chunk_ms=500)) for o in asr.process([r])]
     assert partials(out) == [] and len(finals(out)) == 1
-    monkeypatch.setenv("STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", "750")
-    assert processor(engine).partial_interval_s == 0.75
-    monkeypatch.setenv("STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", "-1")
+    assert processor(engine, partial_interval_ms=750).partial_interval_s == 0.75
     with pytest.raises(ValueError):
-        processor(engine)
+        processor(engine, partial_interval_ms=-1)
 
 
 class ShortOnlyEngine(LengthEngine):

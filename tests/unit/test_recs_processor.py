@@ -1,7 +1,10 @@
-"""The recs processor without a broker: decoding, dead letters, dedupe, requests, checkpoints."""
+"""The recs processor without a broker: decoding, dead letters, dedupe, requests, the /recommend view, and its
+state through the real runtime core and state store (streams/runtime/testing.py): checkpoints by time and by
+events, restore, replay up to the committed offsets."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,9 +13,12 @@ import pytest
 import torch
 
 from models.recs import OnlineRecommender, RecsConfig
-from processors.recs import RecsProcessor, load_checkpoint
+from processors.base import Checkpointed, validate
+from processors.recs import RecsProcessor
 from streams.contracts import topics
 from streams.contracts.records import RawRecord
+from streams.contracts.state import decode_state_record
+from streams.runtime.testing import InProcessWorker, restart
 
 torch.set_num_threads(1)
 
@@ -33,9 +39,30 @@ class Offsets:
         return RawRecord(topic, partition, off, key, raw)
 
 
-def click(o: Offsets, eid: str, user: str, item: str, event: str = "click", **extra: object) -> RawRecord:
+def click(o: Offsets, eid: str, user: str, item: str, event: str = "click", partition: int = 0,
+          **extra: object) -> RawRecord:
     return o.rec(topics.CLICKS, {"id": eid, "user_id": user, "item_id": item, "event": event, "ts": 1, **extra},
-                 key=user.encode())
+                 partition=partition, key=user.encode())
+
+
+class Clock:
+    """One clock for the processor and the runner, so "due" and "now" agree."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def test_declares_its_capabilities() -> None:
+    p = RecsProcessor(small_model())
+    assert validate(p) == ["checkpoint", "web", "whole-partitions"]
+    assert isinstance(p, Checkpointed) and p.state_store == "file" and p.state_topic == topics.RECS_STATE
+    assert p.replay_topics == (topics.CLICKS, topics.ITEMS) == p.whole_partition_topics
+    assert p.read_ahead == 2 and RecsProcessor(small_model(), read_ahead=0).read_ahead == 0
+    for gone in ("state_path", "pipeline_depth", "register_web", "tick", "unsharded_topics"):
+        assert not hasattr(p, gone), gone
 
 
 def test_clicks_items_and_requests_in_one_batch() -> None:
@@ -84,34 +111,116 @@ def test_duplicate_event_ids_are_applied_once_and_out_of_order_ts_is_fine() -> N
     assert p.model.version == v and p.model.n_applied == 2
 
 
-def test_checkpoint_roundtrip_restores_model_and_offsets(tmp_path: Path) -> None:
+def test_time_triggers_a_checkpoint_and_it_round_trips(tmp_path: Path) -> None:
+    """Through the runtime: a checkpoint is due checkpoint_s after the last one (when something changed); the
+    state store writes it to a file with a pointer record on recs.state; a new processor restored from that
+    record serves the same recommendations."""
+    o, clock = Offsets(), Clock()
+    p = RecsProcessor(small_model(), app_id="app", checkpoint_s=5, clock=clock)
+    worker = InProcessWorker(p, app_id="app", state_dir=str(tmp_path), clock=clock)
+    assert worker.run([click(o, f"e{k}", f"u{k % 4}", f"i{k % 7}") for k in range(40)]) == []
+    clock.ms = 1000
+    assert worker.tick() == []  # not due yet
+    clock.ms = 6000
+    [state] = worker.tick()
+    assert state.topic == topics.RECS_STATE and state.key == b"app"
+    record = decode_state_record(state.value)
+    assert record.key == "app" and record.location == "file" and record.data == b""
+    assert record.offsets == {(topics.CLICKS, 0): 39}
+    assert record.meta["model"] == p.model.version == "recs-online-mf@1.0+40"
+    file = Path(record.path or "")
+    assert file.parent == tmp_path / "app" / "recs" and file.stat().st_size == record.size
+    assert hashlib.sha256(file.read_bytes()).hexdigest() == record.sha256
+    clock.ms = 12_000
+    assert worker.tick() == []  # nothing changed since
+    assert worker.acked == [[*range(40)]]
+
+    restored = RecsProcessor(small_model(), app_id="app")
+    assert restart(restored, worker.state(), worker.store) == 0  # no committed offsets: nothing to replay
+    assert restored.offsets == {(topics.CLICKS, 0): 39}
+    assert restored.model.version == p.model.version
+    np.testing.assert_allclose(restored.model.score_all(["u1"]), p.model.score_all(["u1"]), rtol=1e-5)
+    assert restored.recommend("u1", 5) == p.recommend("u1", 5)
+
+    other_app = RecsProcessor(small_model(), app_id="other")  # another app id's state is not ours
+    restart(other_app, worker.state(), worker.store)
+    assert other_app.model.n_applied == 0 and other_app.offsets == {}
+    nothing = RecsProcessor(small_model(), app_id="app")  # an empty state topic: a fresh model
+    assert restart(nothing, [], worker.store) == 0 and nothing.model.n_applied == 0
+
+
+def test_event_count_triggers_a_checkpoint_after_a_batch(tmp_path: Path) -> None:
     o = Offsets()
-    path = tmp_path / "app" / "recs.ckpt"
-    clock = [0]
-    p = RecsProcessor(small_model(), app_id="app", state_path=path, checkpoint_s=5, clock=lambda: clock[0])
-    p.process([click(o, f"e{k}", f"u{k % 4}", f"i{k % 7}") for k in range(40)])
-    assert p.tick(1000) == []  # not due yet
-    clock[0] = 6000
-    [meta] = p.tick(6000)
-    assert meta.topic == topics.RECS_STATE and meta.key == b"app"
-    info = json.loads(meta.value)
-    assert info["model"] == p.model.version and info["offsets"] == [[topics.CLICKS, 0, 39]]
-    assert p.tick(7000) == []  # nothing changed since
-
-    restored = small_model()
-    offsets = load_checkpoint(path, restored)
-    assert offsets == {(topics.CLICKS, 0): 39}
-    assert restored.version == p.model.version
-    np.testing.assert_allclose(restored.score_all(["u1"]), p.model.score_all(["u1"]), rtol=1e-5)
-    assert load_checkpoint(tmp_path / "missing.ckpt", small_model()) is None
-
-
-def test_event_count_triggers_a_checkpoint_from_process(tmp_path: Path) -> None:
-    o = Offsets()
-    p = RecsProcessor(small_model(), state_path=tmp_path / "c.ckpt", checkpoint_events=10, checkpoint_s=3600)
-    out = p.process([click(o, f"e{k}", "u", f"i{k}") for k in range(12)])
+    p = RecsProcessor(small_model(), checkpoint_events=10, checkpoint_s=3600)
+    worker = InProcessWorker(p, state_dir=str(tmp_path))
+    assert worker.run([click(o, f"e{k}", "u", f"i{k}") for k in range(8)]) == []  # 8 < 10
+    out = worker.run([click(o, f"e{k}", "u", f"i{k}") for k in range(8, 12)])
     assert [r.topic for r in out] == [topics.RECS_STATE]
-    assert (tmp_path / "c.ckpt").exists()
+    assert decode_state_record(out[0].value).offsets == {(topics.CLICKS, 0): 11}
+    assert len(list((tmp_path / "test" / "recs").glob("*.ckpt"))) == 1
+    assert worker.run([click(o, f"e{k}", "u", f"i{k}") for k in range(12, 15)]) == []  # 3 since the last one
+
+
+def test_catalog_rows_count_towards_a_checkpoint(tmp_path: Path) -> None:
+    o = Offsets()
+    p = RecsProcessor(small_model(), checkpoint_events=5, checkpoint_s=3600)
+    worker = InProcessWorker(p, state_dir=str(tmp_path))
+    [state] = worker.run([o.rec(topics.ITEMS, {"item_id": f"i{k}", "title": f"t{k}"}) for k in range(5)])
+    assert decode_state_record(state.value).offsets == {(topics.ITEMS, 0): 4}
+
+
+def test_restart_replays_what_was_committed_after_the_checkpoint(tmp_path: Path) -> None:
+    """A crash after the offsets of 10 more clicks were committed, before the next checkpoint: the restart
+    restores the checkpoint of 40 and replays exactly those 10 (not the 5 read but never committed), so the
+    model is where the committed offsets say, identical to the one that crashed."""
+    o = Offsets()
+    p = RecsProcessor(small_model(), app_id="app", checkpoint_events=40, checkpoint_s=3600)
+    worker = InProcessWorker(p, app_id="app", state_dir=str(tmp_path))
+    clicks = [click(o, f"e{k}", f"u{k % 5}", f"i{k % 13}") for k in range(55)]
+    assert [r.topic for r in worker.run(clicks[:40])] == [topics.RECS_STATE]
+    assert worker.run(clicks[40:50]) == []  # processed and committed, never checkpointed
+    assert p.model.version == "recs-online-mf@1.0+50"
+
+    second = RecsProcessor(small_model(), app_id="app", checkpoint_events=40, checkpoint_s=3600)
+    replayed = restart(second, worker.state(), worker.store, inputs=clicks, committed={(topics.CLICKS, 0): 50})
+    assert replayed == 10
+    assert second.model.version == p.model.version and second.offsets == {(topics.CLICKS, 0): 49}
+    np.testing.assert_allclose(second.model.score_all(["u2"]), p.model.score_all(["u2"]), rtol=1e-5)
+    assert second.recommend("u2", 5) == p.recommend("u2", 5)
+
+    # the next checkpoint comes soon after a replay and includes the replayed offsets
+    [state] = InProcessWorker(second, app_id="app", state_dir=str(tmp_path)).run(clicks[50:51])
+    assert decode_state_record(state.value).offsets == {(topics.CLICKS, 0): 50}
+
+
+def test_replay_is_idempotent() -> None:
+    """Replaying inputs the restored state already includes changes nothing: click ids are deduplicated (the
+    dedupe window is part of the checkpoint) and catalog rows are upserted."""
+    o = Offsets()
+    p = RecsProcessor(small_model(), app_id="app", checkpoint_events=1)
+    items = [o.rec(topics.ITEMS, {"item_id": f"i{k}", "title": f"t{k}"}) for k in range(4)]
+    clicks = [click(o, f"e{k}", f"u{k % 3}", f"i{k % 4}") for k in range(20)]
+    p.process(items + clicks)
+    [cp] = p.checkpoints(p.clock())
+    second = RecsProcessor(small_model(), app_id="app")
+    second.restore([cp])
+    second.replay(items + clicks)
+    assert second.model.n_applied == 20 and second.model.n_items == 4 and second.model.n_users == 3
+    assert second.recommend("u1", 3) == p.recommend("u1", 3)
+
+
+def test_lost_checkpoint_file_replays_from_the_beginning(tmp_path: Path) -> None:
+    o = Offsets()
+    p = RecsProcessor(small_model(), app_id="app", checkpoint_events=20, checkpoint_s=3600)
+    worker = InProcessWorker(p, app_id="app", state_dir=str(tmp_path))
+    clicks = [click(o, f"e{k}", f"u{k % 3}", f"i{k % 6}", partition=k % 2) for k in range(30)]
+    worker.run(clicks[:20], clicks[20:])
+    for f in (tmp_path / "app" / "recs").glob("*.ckpt"):
+        f.unlink()
+    second = RecsProcessor(small_model(), app_id="app")
+    committed = {(topics.CLICKS, 0): 15, (topics.CLICKS, 1): 15}
+    assert restart(second, worker.state(), worker.store, inputs=clicks, committed=committed) == 30
+    assert second.model.n_applied == 30 and second.offsets == {(topics.CLICKS, 0): 14, (topics.CLICKS, 1): 14}
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -122,3 +231,17 @@ def test_recommend_shape(k: int) -> None:
     assert got["user_id"] == "u0" and len(got["items"]) == k
     assert set(got["items"][0]) == {"item_id", "score"} and got["model"].startswith("recs-online-mf@")
     assert len(p.recommend("someone-new", k)["items"]) == k  # cold user: popularity
+
+
+def test_recommend_route() -> None:
+    o, p = Offsets(), RecsProcessor(small_model())
+    p.process([click(o, f"e{n}", f"u{n % 2}", f"i{n}") for n in range(20)])
+    [(path, view)] = p.routes().items()
+    assert path == "/recommend/{user_id}"
+    status, body = view({"user_id": "u0"}, {"k": "3"})
+    assert status == 200 and body == p.recommend("u0", 3)
+    status, body = view({"user_id": "u0"}, {})
+    assert status == 200 and len(body["items"]) == 10
+    for bad in ("0", "1001", "ten"):
+        status, body = view({"user_id": "u0"}, {"k": bad})
+        assert status == 400 and "k must be" in body["error"]

@@ -9,7 +9,7 @@ from models.text_types import Entity, Sentiment
 from processors.text import TextEnrichmentProcessor
 from streams.contracts.records import RawRecord
 from streams.contracts.schemas import encode, text_in_event, validate_text_enriched
-from streams.runtime.agent import process_or_dead_letter
+from streams.runtime.runner import process_or_dead_letter
 
 
 class KeywordEnricher:
