@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from models import model_store
 from streams.contracts import topics
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import SchemaError, TextIn, encode, text_in_event
@@ -45,7 +46,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 # --- broker / topics ---------------------------------------------------------------------------------
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    broker = EmbeddedBroker(args.port, args.host, storage=args.storage)
+    settings = settings_from(args)
+    broker = EmbeddedBroker(args.port, args.host, storage=args.storage, tansu_bin=settings.tansu_bin)
     broker.start()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -55,7 +57,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if not args.no_topics:
-        created = ensure_topics(settings_from(args), broker.bootstrap)
+        created = ensure_topics(settings, broker.bootstrap)
         say(f"created topics: {', '.join(created) or '(all existed)'}")
     print(f"bootstrap: {broker.bootstrap}", flush=True)
     say("embedded Tansu broker running (memory storage); Ctrl-C to stop")
@@ -330,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        model_store.configure(Settings.from_env().model_dir)  # models/ reads no environment: told once, here
         return int(args.func(args) or 0)
     except (ConfigError, BrokerError, ValueError, FileNotFoundError) as exc:
         say(f"error: {exc}")

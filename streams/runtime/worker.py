@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from models import model_store
 from streams.contracts.settings import Settings
 from streams.runtime.agent import BatchProcessor, attach
 from streams.runtime.faust_app import create_app
@@ -102,6 +103,7 @@ def progress_line(message: str) -> None:
 def build_app(
     settings: Settings, bootstrap: str, names: Sequence[str], progress: Callable[[str], None] = progress_line
 ) -> faust.App:
+    model_store.configure(settings.model_dir)  # before any builder loads a model
     created = ensure_topics(settings, bootstrap)
     if created:
         progress(f"created topics: {', '.join(created)}")
