@@ -1,6 +1,8 @@
 """Configuration: one frozen object, filled from environment variables and overridden by CLI flags.
 
 Environment variables are the production path (containers, compose files); flags win for one-off runs.
+This module is the only reader of the environment (tests/unit/test_config_single_source.py enforces it):
+everything else gets a Settings object or explicit parameters, so one table in the README documents them all.
 Kafka security settings pass straight through to both client libraries (kafka-python for admin and
 tooling, aiokafka under Faust), so a SASL/TLS cluster needs no code change.
 """
