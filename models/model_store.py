@@ -1,18 +1,33 @@
-"""Where built models live, so the CLI, the processors and CI agree on one location."""
+"""Where built models live, so the CLI, the processors and CI agree on one location.
+
+The directory is configured once per process by its entry point (`streamsense` and the worker builder pass
+``Settings.model_dir``, i.e. ``STREAMSENSE_MODEL_DIR``); models/ reads no environment, so a library user or a
+test sets it with ``configure`` instead of mutating ``os.environ``.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 HEAD_MODEL = "sentiment-minilm-head"
 FINETUNED_MODEL = "sentiment-minilm-finetuned"
+DEFAULT_MODEL_DIR = "~/.cache/streamsense/models"  # also Settings.model_dir's default
+
+_configured: Path | None = None
+
+
+def configure(path: str | Path | None) -> Path | None:
+    """Point this process at a model directory (None: back to the default). Returns the previous setting so a
+    caller that changes it temporarily (a test) can restore it."""
+    global _configured
+    previous = _configured
+    _configured = Path(path).expanduser() if path else None
+    return previous
 
 
 def model_dir() -> Path:
-    """Root of built models; overridable so tests and containers can point at a throwaway or baked-in dir."""
-    env = os.environ.get("STREAMSENSE_MODEL_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "streamsense" / "models"
+    """Root of built models; configurable so tests and containers can point at a throwaway or baked-in dir."""
+    return _configured if _configured is not None else Path(DEFAULT_MODEL_DIR).expanduser()
 
 
 def is_built(path: Path) -> bool:

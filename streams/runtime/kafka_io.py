@@ -146,7 +146,7 @@ def kafka_bootstrap(settings: Settings, log: Callable[[str], None] = print) -> I
         log(f"using the broker at {DEFAULT_BOOTSTRAP}")
         yield DEFAULT_BOOTSTRAP
         return
-    with EmbeddedBroker(int(port), host) as broker:
+    with EmbeddedBroker(int(port), host, tansu_bin=settings.tansu_bin) as broker:
         log(f"started the embedded broker at {broker.bootstrap} (memory storage: its data is gone when this "
             "command exits; pass --bootstrap or KAFKA_BOOTSTRAP for a real cluster)")
         yield broker.bootstrap

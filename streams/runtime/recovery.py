@@ -72,8 +72,9 @@ def recover(
     for batch in read_range({tp: after[tp] for tp in todo if tp in after}, todo):
         processor.replay(batch)
         n += len(batch)
-    progress(f"{getattr(processor, 'name', 'processor')}: replayed {n} records of {', '.join(processor.replay_topics)} up to the committed offsets in "
-             f"{time.perf_counter() - started:.1f} s")
+    name = getattr(processor, "name", "processor")
+    progress(f"{name}: replayed {n} records of {', '.join(processor.replay_topics)} up to the committed offsets "
+             f"in {time.perf_counter() - started:.1f} s")
     return n
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 
+from models import model_store
 from processors.base import Checkpointed, Processor, Served, WholePartitions, validate
 from streams.contracts.settings import Settings
 from streams.runtime.agent import attach, faust_sender
@@ -118,6 +119,7 @@ def torch_threads(settings: Settings, names: Sequence[str]) -> int | None:
 
 def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress: Progress = progress_line
               ) -> faust.App:
+    model_store.configure(settings.model_dir)  # before any builder loads a model
     threads = torch_threads(settings, names)
     if threads is not None:
         import torch

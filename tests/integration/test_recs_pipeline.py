@@ -126,7 +126,7 @@ def test_restart_loads_checkpoint_and_replays_up_to_committed_offsets(tmp_path: 
     from streams.runtime.embedded import EmbeddedBroker
     from streams.runtime.kafka_io import ensure_topics
 
-    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as embedded:
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log", tansu_bin=Settings.from_env().tansu_bin) as embedded:
         ensure_topics(Settings(bootstrap=embedded.bootstrap), embedded.bootstrap)
         restart_scenario(embedded.bootstrap, tmp_path)
 

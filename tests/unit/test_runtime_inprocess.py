@@ -182,7 +182,7 @@ def test_capabilities_are_declared_and_checked() -> None:
         def process(self, records):
             return []
 
-    with pytest.raises(ContractError, match="part of the 'checkpoint' capability .* lacks state_store"):
+    with pytest.raises(ContractError, match=r"part of the 'checkpoint' capability .* lacks state_store"):
         validate(HalfCheckpointed())
 
     class BadStore(Echo):

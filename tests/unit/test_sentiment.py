@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, pipeline
 
+from models import model_store
 from models.model_store import HEAD_MODEL, model_dir
 from models.sentiment import (
     MeanPoolBertForSequenceClassification,
@@ -173,11 +174,14 @@ def test_held_out_split_is_fixed_stratified_and_disjoint() -> None:
     assert len(set(a.test_texts) - set(a.train_texts)) > 0.9 * len(set(a.test_texts))  # (retweets repeat)
 
 
-def test_missing_default_model_says_how_to_build(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("STREAMSENSE_MODEL_DIR", str(tmp_path))
-    assert model_dir() == tmp_path
-    with pytest.raises(FileNotFoundError, match="streamsense models build"):
-        load_sentiment("default")
+def test_missing_default_model_says_how_to_build(tmp_path: Path) -> None:
+    previous = model_store.configure(tmp_path)
+    try:
+        assert model_dir() == tmp_path
+        with pytest.raises(FileNotFoundError, match="streamsense models build"):
+            load_sentiment("default")
+    finally:
+        model_store.configure(previous)
 
 
 # ---- the real default model (built by `make test` set-up; built here if missing) ----

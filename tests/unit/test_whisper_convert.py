@@ -15,7 +15,7 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from models import whisper_loader
+from models import model_store, whisper_loader
 from models.wer import wer
 from models.whisper_convert import CT2FormatError, convert, parse_ct2
 from models.whisper_loader import WhisperUnavailable, load_whisper, shipped_ct2_parts
@@ -192,9 +192,11 @@ def require_shipped(name: str) -> None:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STREAMSENSE_MODEL_DIR", str(d))
+    previous = model_store.configure(d)
+    try:
         yield d
+    finally:
+        model_store.configure(previous)
 
 
 @pytest.fixture(scope="module")
