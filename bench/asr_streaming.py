@@ -337,7 +337,7 @@ def main() -> int:
         producer = make_producer(settings, broker.bootstrap, linger_ms=0)
         try:
             print("streaming: starting the asr worker...", flush=True)
-            worker.start().wait_for_log("worker ready", timeout_s=240)
+            worker.start().wait_ready(timeout_s=240)
             warm_sid = f"warm-{run_id}"
             first = clips[0]
             end = int((first.utterances[0][1] + GAP_S) * SAMPLE_RATE) * 2

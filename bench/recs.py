@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +43,9 @@ from streams.contracts import topics
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.settings import Settings
 from streams.contracts.topics import TopicSpec
-from streams.runtime.embedded import EmbeddedBroker, free_port
+from streams.runtime.embedded import EmbeddedBroker
 from streams.runtime.kafka_io import client_kwargs, ensure_topics, make_producer, send_all
+from streams.runtime.launcher import WorkerProcess
 
 
 def pct(values: list[float], q: float) -> float:
@@ -158,20 +157,16 @@ def bench_worker_absorb(args: argparse.Namespace, bootstrap: str) -> dict:
     producer = make_producer(settings, bootstrap, linger_ms=20, batch_size=256 * 1024)
     send_all(producer, [OutRecord(topics.CLICKS, e["user_id"].encode(), json.dumps(e).encode()) for e in events])
     producer.close()
-    port = free_port()
-    with tempfile.TemporaryDirectory() as state, open(Path(state) / "worker.log", "wb") as log:
-        env = {**os.environ, "STREAMSENSE_APP_ID": f"bench-{uuid.uuid4().hex[:6]}", "STREAMSENSE_STATE_DIR": state,
-               "STREAMSENSE_RECS_CONTENT": "1" if args.content else "0"}
-        cmd = [sys.executable, "-m", "streams.cli", "run", "--processors", "recs", "--bootstrap", bootstrap,
-               "--web-port", str(port)]
-        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  cwd=Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory() as state:
+        worker = WorkerProcess(bootstrap, Path(state), processors="recs", app_id=f"bench-{uuid.uuid4().hex[:6]}",
+                               env={"STREAMSENSE_STATE_DIR": state,
+                                    "STREAMSENSE_RECS_CONTENT": "1" if args.content else "0"}).start()
         try:
             first: tuple[float, float] | None = None
             done = None
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and worker.poll() is None:
-                n = consumed_clicks(port)
+            while time.monotonic() < deadline and worker.proc.poll() is None:
+                n = consumed_clicks(worker.web_port)
                 if n and first is None:
                     first = (time.perf_counter(), n)
                 if n is not None and n >= len(events):
@@ -179,10 +174,9 @@ def bench_worker_absorb(args: argparse.Namespace, bootstrap: str) -> dict:
                     break
                 time.sleep(0.05)
             if first is None or done is None:
-                raise RuntimeError(f"worker did not consume {len(events)} clicks; log: {log.name}")
+                raise RuntimeError(f"worker did not consume {len(events)} clicks; log:\n{worker.log()[-3000:]}")
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+            worker.stop(timeout_s=60)
     return {"events": len(events), "eps": (len(events) - first[1]) / (done - first[0])}
 
 

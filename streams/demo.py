@@ -11,13 +11,10 @@ without it only the speech part is skipped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,8 +28,9 @@ from streams.contracts import topics
 from streams.contracts.records import OutRecord
 from streams.contracts.schemas import encode, text_in_event
 from streams.contracts.settings import Settings
-from streams.runtime.embedded import EmbeddedBroker, free_port
+from streams.runtime.embedded import EmbeddedBroker
 from streams.runtime.kafka_io import ensure_topics, make_producer, read_topic, send_all
+from streams.runtime.launcher import WorkerProcess
 
 BAD_SAMPLES: tuple[tuple[str, bytes], ...] = (
     ("malformed JSON", b'{"id": "bad-json", "text": "unterminated'),
@@ -62,40 +60,6 @@ def broker_for(settings: Settings) -> Iterator[str]:
     with EmbeddedBroker(tansu_bin=settings.tansu_bin) as broker:
         say(f"embedded broker on {broker.bootstrap}")
         yield broker.bootstrap
-
-
-READY_LINE = "worker ready:"
-
-
-@contextmanager
-def worker_process(
-    bootstrap: str, processors: str, app_id: str, ready: threading.Event
-) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "STREAMSENSE_APP_ID": app_id}
-    cmd = [sys.executable, "-m", "streams.cli", "run", "--processors", processors,
-           "--bootstrap", bootstrap, "--web-port", str(free_port())]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    stream = proc.stdout
-
-    def relay() -> None:
-        for line in stream:
-            if READY_LINE in line:
-                ready.set()
-            if "[streamsense]" in line or "Error" in line or "Traceback" in line:
-                print(f"  worker | {line.rstrip()}", flush=True)
-
-    threading.Thread(target=relay, daemon=True).start()
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def demo_records(run_id: str) -> tuple[list[dict], list[OutRecord]]:
@@ -171,13 +135,19 @@ def run_demo(settings: Settings, *, timeout_s: float = 300.0) -> int:
     with broker_for(settings) as bootstrap:
         settings = settings.with_overrides(bootstrap=bootstrap)
         ensure_topics(settings, bootstrap)
-        ready = threading.Event()
         workdir = Path(tempfile.mkdtemp(prefix="streamsense-demo-"))
         speech = spoken_clip(run_id, workdir)
         processors = "text,asr" if speech else "text"
-        with worker_process(bootstrap, processors, f"streamsense-demo-{run_id}", ready) as worker:
-            say("starting a worker: it loads the models, then joins its consumer group (~10-20 s)")
-            if not ready.wait(timeout=max(5.0, timeout_s / 2)):
+        worker = WorkerProcess(bootstrap, workdir, processors=processors, app_id=f"streamsense-demo-{run_id}",
+                               relay=lambda line: print(f"  worker | {line}", flush=True))
+        say("starting a worker: it loads the models, then joins its consumer group (~10-20 s)")
+        worker.start()
+        try:
+            try:
+                worker.wait_ready(timeout_s=max(5.0, timeout_s / 2))
+            except AssertionError:
+                if worker.proc is not None and worker.proc.poll() is not None:
+                    raise
                 say("the worker is not ready yet; producing anyway (outputs wait in Kafka)")
             good, records = demo_records(run_id)
             expected = len(records)
@@ -198,7 +168,7 @@ def run_demo(settings: Settings, *, timeout_s: float = 300.0) -> int:
 
             remaining = max(5.0, timeout_s - (time.monotonic() - started))
             for rec in read_topic(settings, bootstrap, watched, timeout_s=remaining, stop=finished,
-                                  abort=lambda: worker.poll() is not None):
+                                  abort=lambda: worker.proc is not None and worker.proc.poll() is not None):
                 if speech:
                     speech.see(rec.topic, rec.key, rec.value)
                 if rec.topic == topics.ASR_STATE:
@@ -208,6 +178,8 @@ def run_demo(settings: Settings, *, timeout_s: float = 300.0) -> int:
                     enriched[event["id"]] = event
                 elif rec.topic == topics.DEADLETTER and f"demo-{run_id}" in event.get("value_preview", ""):
                     dead.append(event)
+        finally:
+            worker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print_summary(good, enriched, dead)
     speech_ok = True

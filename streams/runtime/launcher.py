@@ -11,10 +11,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,11 @@ class WorkerProcess:
     """`streamsense run --processors P` with its own app id, web port and log file."""
 
     def __init__(self, bootstrap: str, log_dir: Path, *, processors: str = "text", app_id: str | None = None,
-                 env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 relay: Callable[[str], None] | None = None) -> None:
+        """``relay`` receives the worker's progress and error lines as they are written (the demo shows them)."""
         self.bootstrap = bootstrap
+        self.relay = relay
         self.app_id = app_id or f"test-{uuid.uuid4().hex[:8]}"
         self.processors = processors
         self.web_port = free_port()
@@ -43,7 +48,23 @@ class WorkerProcess:
                "--bootstrap", self.bootstrap, "--web-port", str(self.web_port), "--log-level", "info", *self.args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+        if self.relay is not None:
+            threading.Thread(target=self._follow, daemon=True).start()
         return self
+
+    def _follow(self) -> None:
+        """Pass new log lines that matter to ``relay`` until the worker exits."""
+        assert self.relay is not None and self.proc is not None
+        with open(self.log_path, errors="replace") as log:
+            while True:
+                line = log.readline()
+                if not line:
+                    if self.proc.poll() is not None:
+                        return
+                    time.sleep(0.1)
+                    continue
+                if "[streamsense]" in line or "Error" in line or "Traceback" in line:
+                    self.relay(line.rstrip())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

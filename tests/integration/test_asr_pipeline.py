@@ -53,7 +53,7 @@ def test_kill_9_mid_stream_then_restart_loses_and_repeats_no_segment(broker: str
     app_id = f"asr-crash-{uuid.uuid4().hex[:6]}"
     first = WorkerProcess(broker, tmp_path, processors="asr", app_id=app_id).start()
     try:
-        first.wait_for_log("worker ready", timeout_s=120)
+        first.wait_ready(timeout_s=120)
         produce(broker, chunks[:cut])
         # kill only once the batch holding the open second utterance is checkpointed (and so delivered)
         checkpointed = [r for r in read_topic(
@@ -90,7 +90,7 @@ def test_partials_preview_an_open_segment_and_the_final_supersedes_them(broker: 
     worker = WorkerProcess(broker, tmp_path, processors="asr",
                            env={"STREAMSENSE_ASR_PARTIAL_INTERVAL_MS": "800"}).start()
     try:
-        worker.wait_for_log("worker ready", timeout_s=120)
+        worker.wait_ready(timeout_s=120)
         for k in range(0, len(chunks), 3):  # ~1.2 s of audio per send, so the segment stays open across batches
             produce(broker, chunks[k : k + 3])
             time.sleep(0.8)
@@ -115,7 +115,7 @@ def test_partials_preview_an_open_segment_and_the_final_supersedes_them(broker: 
 @pytest.fixture(scope="module")
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory):
     w = WorkerProcess(broker, Path(tmp_path_factory.mktemp("asr-worker")), processors="asr,text").start()
-    w.wait_for_log("worker ready", timeout_s=120)
+    w.wait_ready(timeout_s=120)
     yield w
     assert w.stop() == 0, w.log()[-3000:]
 

@@ -123,12 +123,12 @@ def test_ready_health_and_a_hot_swap_through_the_worker_web_server(broker: str, 
     assert ready["ready"] and any(p.startswith("text.in[") for p in ready["partitions"])
     assert worker.get("/health") == (200, {"status": "ok", "app": worker.app_id, "stalled_s": {}})
     prefix = f"swap-{uuid.uuid4().hex[:6]}"
-    produce(broker, text_records(["I love this"], f"{prefix}-a"))
+    produce(broker, text_records(["I love this, wonderful!"], f"{prefix}-a"))
     [before] = collect(broker, topics.TEXT_ENRICHED, 1, match=f"{prefix}-a", worker=worker)
 
     status, body = worker.post(f"/models/text/sentiment?version={swapped_copy(tmp_path, 'v-swapped')}")
     assert status == 200 and body["serving"] == "sentiment-minilm-head@v-swapped", body
-    produce(broker, text_records(["I love this"], f"{prefix}-b"))
+    produce(broker, text_records(["I love this, wonderful!"], f"{prefix}-b"))
     [after] = collect(broker, topics.TEXT_ENRICHED, 1, match=f"{prefix}-b", worker=worker)
     assert before["models"]["sentiment"] != after["models"]["sentiment"] == "sentiment-minilm-head@v-swapped"
     assert after["sentiment"]["label"] == before["sentiment"]["label"] == "positive"

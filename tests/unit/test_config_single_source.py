@@ -21,7 +21,6 @@ ENV_NAME = re.compile(r"(?:STREAMSENSE|KAFKA)_[A-Z0-9_]+")
 # Files that pass the environment on (a child process inherits it) or write to it; they must not read it.
 PASS_THROUGH: dict[str, str] = {
     "streams/runtime/embedded.py": "the Tansu broker child process inherits our environment (RUST_LOG)",
-    "streams/demo.py": "the demo's worker child process inherits our environment, plus its own app id",
     "streams/runtime/launcher.py": "a worker child process inherits our environment, plus its own app id",
 }
 # Files that still read the environment, each until a named change lands. Do not add to this list.
