@@ -39,76 +39,16 @@ from models.recs import ClickEvent, OnlineRecommender
 from streams.contracts import topics
 from streams.contracts.deadletter import dead_letter
 from streams.contracts.records import OutRecord, RawRecord
-from streams.contracts.schemas import SchemaError, decode_json_object, encode, now_ms, schema_id
+from streams.contracts.recs_events import MAX_K, BadInput, parse_click, parse_item, parse_request
+from streams.contracts.schemas import encode, now_ms, schema_id
 from streams.contracts.state import Checkpoint
 
 log = logging.getLogger(__name__)
 
-MAX_ID_CHARS = 200
-MAX_K = 1000
 CHECKPOINT_VERSION = 1
 REPLAYED_TOPICS = (topics.CLICKS, topics.ITEMS)
 
 TP = tuple[str, int]
-
-
-class BadInput(ValueError):
-    """A record that cannot be used; the message is the dead-letter reason."""
-
-
-# --- decoding -------------------------------------------------------------------------------------------
-
-def _json(record: RawRecord) -> dict[str, Any]:
-    try:
-        return decode_json_object(record.value)
-    except SchemaError as exc:  # its message is already the readable reason
-        raise BadInput(str(exc)) from exc
-
-
-def _id(obj: Mapping[str, Any], field: str) -> str:
-    value = obj.get(field)
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise BadInput(f"field {field!r} must be a string or integer id, got {type(value).__name__}")
-    text = str(value).strip()
-    if not text or len(text) > MAX_ID_CHARS:
-        raise BadInput(f"field {field!r} must be 1..{MAX_ID_CHARS} characters")
-    return text
-
-
-def parse_click(record: RawRecord) -> ClickEvent:
-    obj = _json(record)
-    for f in ("id", "user_id", "item_id"):
-        _id(obj, f)
-    try:
-        ev = ClickEvent.from_dict(obj)
-    except (ValueError, TypeError) as exc:
-        raise BadInput(f"bad click event: {exc}") from exc
-    if ev.event == "rating" and ev.value is not None and not (0.0 <= ev.value <= 10.0):
-        raise BadInput(f"rating value {ev.value} out of range 0..10")
-    return ev
-
-
-def parse_item(record: RawRecord) -> dict[str, Any]:
-    obj = _json(record)
-    row: dict[str, Any] = {"item_id": _id(obj, "item_id")}
-    for f in ("title", "genres", "text"):
-        v = obj.get(f)
-        if v is None:
-            continue
-        if isinstance(v, list) and all(isinstance(g, str) for g in v):
-            v = "|".join(v)
-        if not isinstance(v, str):
-            raise BadInput(f"field {f!r} must be a string, got {type(v).__name__}")
-        row[f] = v
-    return row
-
-
-def parse_request(record: RawRecord) -> tuple[str, str, int]:
-    obj = _json(record)
-    k = obj.get("k", 10)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise BadInput(f"field 'k' must be an integer in 1..{MAX_K}")
-    return _id(obj, "id"), _id(obj, "user_id"), k
 
 
 # --- the processor --------------------------------------------------------------------------------------
