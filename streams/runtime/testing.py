@@ -42,17 +42,22 @@ class FailStopped(RuntimeError):
 
 
 class TestingSink:
-    """Acknowledges every record, except those ``refuse(record)`` answers with an exception (a broker error)."""
+    """Acknowledges every record, except those ``refuse(record)`` answers with an exception (a broker error):
+    raised by the send itself with ``at_send`` (as a client's size check does), else by the acknowledgement."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, refuse: Callable[[OutRecord], BaseException | None] | None = None) -> None:
+    def __init__(self, refuse: Callable[[OutRecord], BaseException | None] | None = None,
+                 at_send: bool = False) -> None:
         self.refuse = refuse or (lambda record: None)
+        self.at_send = at_send
         self.records: list[OutRecord] = []
 
     async def send(self, record: OutRecord) -> Any:
         future = asyncio.get_running_loop().create_future()
         error = self.refuse(record)
+        if error is not None and self.at_send:
+            raise error
         if error is not None:
             future.set_exception(error)
         else:

@@ -1,4 +1,4 @@
-"""Delivery through a fake transport (a `send` function): what is permanent becomes a dead letter and the
+"""Delivery through the in-process harness's sink (a `send` function): what is permanent becomes a dead letter and the
 batch completes; what is transient fail-stops. The end-to-end proof through the broker is in
 tests/integration/test_poison_pills.py."""
 
@@ -14,6 +14,7 @@ from streams.contracts import topics
 from streams.contracts.deadletter import dead_letter, original_bytes
 from streams.contracts.records import OutRecord, RawRecord, record_size
 from streams.runtime.delivery import Delivery, DeliveryFailed, is_permanent
+from streams.runtime.testing import TestingSink
 
 LIMIT = 1_048_576
 
@@ -26,28 +27,7 @@ class KafkaTimeoutError(Exception):
     pass
 
 
-class FakeBroker:
-    """Accepts records; refuses the ones `refuse(record)` names with that exception, at send or at ack time."""
-
-    def __init__(self, refuse=lambda record: None, at_send: bool = False) -> None:
-        self.refuse = refuse
-        self.at_send = at_send
-        self.log: list[OutRecord] = []
-
-    async def send(self, record: OutRecord):
-        exc = self.refuse(record)
-        if exc is not None and self.at_send:
-            raise exc
-        fut = asyncio.get_running_loop().create_future()
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            self.log.append(record)
-            fut.set_result(len(self.log))
-        return fut
-
-
-def deliver(broker: FakeBroker, outputs: list[OutRecord], **kwargs) -> list[OutRecord]:
+def deliver(broker: TestingSink, outputs: list[OutRecord], **kwargs) -> list[OutRecord]:
     delivery = Delivery(broker.send, processor="text", max_message_bytes=kwargs.pop("limit", LIMIT), **kwargs)
     return asyncio.run(delivery.deliver(outputs))
 
@@ -92,13 +72,13 @@ def test_oversized_output_becomes_a_dead_letter_of_its_input_and_the_batch_compl
     source = RawRecord("text.in", 1, 9, b"id-9", b'{"id":"id-9"}', None, ())
     too_big = OutRecord(topics.TEXT_ENRICHED, b"id-9", b"x" * (LIMIT + 1), partition=1, source=source)
     fine = OutRecord(topics.TEXT_ENRICHED, b"id-10", b"{}", partition=1)
-    broker = FakeBroker()
+    broker = TestingSink()
     delivered = deliver(broker, [too_big, fine])
-    assert [o.topic for o in broker.log] == [topics.DEADLETTER, topics.TEXT_ENRICHED]
-    event = json.loads(broker.log[0].value)
-    assert event["id"] == "text.in:1:9" and original_bytes(broker.log[0].value) == source.value
+    assert [o.topic for o in broker.records] == [topics.DEADLETTER, topics.TEXT_ENRICHED]
+    event = json.loads(broker.records[0].value)
+    assert event["id"] == "text.in:1:9" and original_bytes(broker.records[0].value) == source.value
     assert "over the 1048576-byte message limit" in event["reason"] and event["error"] == "RecordTooLarge"
-    assert delivered == broker.log
+    assert delivered == broker.records
 
 
 @pytest.mark.parametrize("at_send", [True, False])
@@ -106,19 +86,19 @@ def test_permanent_refusal_dead_letters_that_record_only(at_send):
     source = RawRecord("text.in", 0, 3, b"a", b'{"id":"a"}', None, ())
     refused = OutRecord(topics.TEXT_ENRICHED, b"a", b'{"id":"a","x":1}', source=source)
     ok = OutRecord(topics.TEXT_ENRICHED, b"b", b'{"id":"b"}')
-    broker = FakeBroker(lambda r: MessageSizeTooLargeError("broker says no") if r is refused else None, at_send)
+    broker = TestingSink(lambda r: MessageSizeTooLargeError("broker says no") if r is refused else None, at_send)
     deliver(broker, [refused, ok])
-    assert [json.loads(r.value)["id"] for r in broker.log] == ["b", "text.in:0:3"]
-    reason = json.loads(broker.log[1].value)["reason"]
+    assert [json.loads(r.value)["id"] for r in broker.records] == ["b", "text.in:0:3"]
+    reason = json.loads(broker.records[1].value)["reason"]
     assert "MessageSizeTooLargeError: broker says no" in reason
 
 
 def test_a_refused_dead_letter_is_replaced_by_one_without_the_original_bytes():
     source = RawRecord("text.in", 0, 4, b"a", b"z" * 5000, None, ())
     letter = dead_letter(source, processor="text", reason="bad")
-    broker = FakeBroker(lambda r: MessageSizeTooLargeError("limit 1000") if len(r.value) > 1000 else None)
+    broker = TestingSink(lambda r: MessageSizeTooLargeError("limit 1000") if len(r.value) > 1000 else None)
     deliver(broker, [letter])
-    (out,) = broker.log
+    (out,) = broker.records
     event = json.loads(out.value)
     assert event["id"] == "text.in:0:4" and event["value_b64"] == ""
     assert hashlib.sha256(source.value).hexdigest() in event["reason"]
@@ -126,7 +106,7 @@ def test_a_refused_dead_letter_is_replaced_by_one_without_the_original_bytes():
 
 @pytest.mark.parametrize("at_send", [True, False])
 def test_transient_failure_still_fail_stops(at_send):
-    broker = FakeBroker(lambda r: KafkaTimeoutError("no broker"), at_send)
+    broker = TestingSink(lambda r: KafkaTimeoutError("no broker"), at_send)
     stopped: list[DeliveryFailed] = []
 
     def on_fatal(exc: DeliveryFailed):
@@ -136,14 +116,14 @@ def test_transient_failure_still_fail_stops(at_send):
     with pytest.raises(SystemExit):
         deliver(broker, [OutRecord(topics.TEXT_ENRICHED, b"a", b"{}")], on_fatal=on_fatal)
     assert len(stopped) == 1 and "KafkaTimeoutError: no broker" in str(stopped[0])
-    assert broker.log == []
+    assert broker.records == []
 
 
 def test_checkpoints_go_out_after_the_outputs_they_account_for():
-    broker = FakeBroker()
+    broker = TestingSink()
     outputs = [OutRecord(topics.ASR_STATE, b"s", b"state"), OutRecord(topics.ASR_TRANSCRIPTS, b"s", b"t")]
     deliver(broker, outputs, checkpoint_topics=(topics.ASR_STATE,))
-    assert [o.topic for o in broker.log] == [topics.ASR_TRANSCRIPTS, topics.ASR_STATE]
+    assert [o.topic for o in broker.records] == [topics.ASR_TRANSCRIPTS, topics.ASR_STATE]
 
 
 def test_error_classes_are_matched_by_name_across_client_libraries():
