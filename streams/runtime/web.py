@@ -4,7 +4,7 @@
   done (503 before, with what is missing): what tests, the demo, benches and a load balancer wait on, instead
   of a log line.
 * ``/health`` — 503 when a processor's model thread has been on one piece of work for longer than
-  ``health_stall_s`` (a hung model call or a broker that never acknowledges), so an orchestrator restarts the
+  ``health_stall_s`` (a hung model call), so an orchestrator restarts the
   worker; a failed delivery already exits the process (fail-stop), which any supervisor sees.
 * ``POST /models/{processor}/{model}?version=SPEC`` — the hot-swap seam: loads ``SPEC`` on that processor's
   model thread between batches; answers with the new "name@version" once it serves (409 if the processor
