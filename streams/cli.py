@@ -126,11 +126,18 @@ def run_overrides(
     return overrides
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from streams.runtime.worker import parse_processors, run_worker
+def run_config(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    """The settings and processors `run` starts a worker with (flags that do not apply exit 2 here)."""
+    from streams.runtime.worker import parse_processors
 
     names = parse_processors(args.processors)
-    settings = settings_from(args).with_overrides(**run_overrides(args, names, args.usage_error))
+    return settings_from(args).with_overrides(**run_overrides(args, names, args.usage_error)), names
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streams.runtime.worker import run_worker
+
+    settings, names = run_config(args)
     with kafka_bootstrap(settings, say) as bootstrap:
         run_worker(settings, bootstrap, names, loglevel=args.log_level)
     return 0

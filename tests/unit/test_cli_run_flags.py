@@ -1,10 +1,7 @@
 """`streamsense run`: processor flags map onto Settings, and a flag for a processor the worker does not host is
-a usage error (exit 2) instead of being silently ignored. No broker: the worker is replaced before it starts."""
+a usage error (exit 2) instead of being silently ignored. Parsing only: no broker, no worker."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,43 +9,29 @@ from streams import cli
 from streams.contracts.settings import Settings
 
 
-@pytest.fixture()
-def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Settings, list[str]]]:
-    """What `run` would start the worker with; nothing connects to Kafka."""
-    import streams.runtime.worker as worker
-
-    calls: list[tuple[Settings, list[str]]] = []
-
-    @contextlib.contextmanager
-    def no_broker(settings: Settings, _log: object) -> Iterator[str]:
-        yield "127.0.0.1:1"
-
-    monkeypatch.setattr(cli, "kafka_bootstrap", no_broker)
-    monkeypatch.setattr(worker, "run_worker", lambda s, _b, names, loglevel: calls.append((s, list(names))))
-    return calls
+def run(argv: list[str]) -> tuple[Settings, list[str]]:
+    """What `streamsense run ARGV` would start the worker with (parsing only: nothing connects to Kafka)."""
+    return cli.run_config(cli.parser().parse_args(["run", *argv]))
 
 
-def test_per_processor_flags_set_their_processor(started: list) -> None:
-    argv = ["run", "--processors", "text,asr,recs", "--text-batch-size", "16", "--text-batch-ms", "5",
+def test_per_processor_flags_set_their_processor() -> None:
+    argv = ["--processors", "text,asr,recs", "--text-batch-size", "16", "--text-batch-ms", "5",
             "--asr-batch-size", "4", "--asr-batch-ms", "300", "--recs-batch-size", "1024", "--recs-batch-ms", "0"]
-    assert cli.main(argv) == 0
-    [(s, names)] = started
+    s, names = run(argv)
     assert names == ["text", "asr", "recs"]
     assert (s.text_batch_size, s.text_batch_ms, s.asr_batch_size, s.asr_batch_ms, s.recs_batch_size,
             s.recs_batch_ms) == (16, 5, 4, 300, 1024, 0)
 
 
-def test_short_batch_flags_apply_to_the_one_processor(started: list) -> None:
-    assert cli.main(["run", "--processors", "recs", "--batch-size", "64", "--batch-ms", "7"]) == 0
-    [(s, _)] = started
+def test_short_batch_flags_apply_to_the_one_processor() -> None:
+    s, _ = run(["--processors", "recs", "--batch-size", "64", "--batch-ms", "7"])
     assert (s.recs_batch_size, s.recs_batch_ms) == (64, 7)
     assert (s.text_batch_size, s.text_batch_ms) == (Settings().text_batch_size, Settings().text_batch_ms)
 
 
-def test_unset_flags_keep_the_environment(started: list, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_flags_keep_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMSENSE_TEXT_BATCH_SIZE", "8")
-    assert cli.main(["run", "--processors", "text", "--text-batch-ms", "9"]) == 0
-    [(s, _)] = started
+    s, _ = run(["--processors", "text", "--text-batch-ms", "9"])
     assert (s.text_batch_size, s.text_batch_ms) == (8, 9)
 
 
@@ -69,14 +52,13 @@ def test_unset_flags_keep_the_environment(started: list, monkeypatch: pytest.Mon
         (["--processors", "asr", "--asr-batch-ms", "-1"], "argument --asr-batch-ms: -1 must be >= 0"),
     ],
 )
-def test_flags_that_do_not_apply_are_usage_errors(argv: list[str], message: str, started: list,
+def test_flags_that_do_not_apply_are_usage_errors(argv: list[str], message: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["run", *argv])
+        run(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "usage: streamsense run" in err and message in err
-    assert not started
 
 
 def test_help_documents_the_rule(capsys: pytest.CaptureFixture[str]) -> None:
