@@ -41,14 +41,12 @@ from streams.contracts.deadletter import dead_letter
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.recs_events import MAX_K, BadInput, parse_click, parse_item, parse_request
 from streams.contracts.schemas import encode, now_ms, schema_id
-from streams.contracts.state import Checkpoint
+from streams.contracts.state import TP, Checkpoint
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 REPLAYED_TOPICS = (topics.CLICKS, topics.ITEMS)
-
-TP = tuple[str, int]
 
 
 # --- the processor --------------------------------------------------------------------------------------

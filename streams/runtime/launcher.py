@@ -71,14 +71,16 @@ class WorkerProcess:
 
     def get(self, path: str, timeout_s: float = 10.0) -> tuple[int, Any]:
         """(status, JSON body) of a GET on the worker's web server."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=timeout_s) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+        return self._request(urllib.request.Request(self._url(path)), timeout_s)
 
     def post(self, path: str, timeout_s: float = 120.0) -> tuple[int, Any]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}", data=b"", method="POST")
+        return self._request(urllib.request.Request(self._url(path), data=b"", method="POST"), timeout_s)
+
+    def _url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.web_port}{path}"
+
+    @staticmethod
+    def _request(request: urllib.request.Request, timeout_s: float) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as resp:
                 return resp.status, json.loads(resp.read())

@@ -99,7 +99,9 @@ class InProcessWorker:
     def _broken(self) -> None:
         self.broken = True
 
-    def _until_delivered(self, start: Callable[[], Any]) -> list[OutRecord]:
+    def _until_delivered(self, start: Callable[[], Any]) -> tuple[Any, list[OutRecord]]:
+        """Run ``start()`` on the worker's loop until everything it submitted is delivered; returns its result
+        and the records delivered meanwhile."""
         before = len(self.sink.records)
 
         async def go() -> Any:
@@ -107,8 +109,8 @@ class InProcessWorker:
             await self.runner.pipeline.drain()
             return result
 
-        self.result = self.loop.run_until_complete(go())
-        return self.sink.records[before:]
+        result = self.loop.run_until_complete(go())
+        return result, self.sink.records[before:]
 
     def run(self, *batches: Sequence[RawRecord]) -> list[OutRecord]:
         """Submit each batch as the agent would (read-ahead included); returns what was delivered."""
@@ -122,14 +124,13 @@ class InProcessWorker:
 
                 await self.runner.submit(list(batch), ack)
 
-        return self._until_delivered(submit_all)
+        return self._until_delivered(submit_all)[1]
 
     def tick(self) -> list[OutRecord]:
-        return self._until_delivered(self.runner.tick)
+        return self._until_delivered(self.runner.tick)[1]
 
     def swap(self, model: str, version: str) -> str:
-        self._until_delivered(lambda: self.runner.swap(model, version))
-        return self.result
+        return self._until_delivered(lambda: self.runner.swap(model, version))[0]
 
     def state(self) -> list[tuple[bytes | None, bytes | None]]:
         """What the state topic would hold: (key, value) of every state record delivered so far."""
