@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 from models.ner import DEFAULT_NER, load_ner
 from models.sentiment import load_sentiment
 from models.text_types import Entity, EntityRecognizer, Sentiment, SentimentModel
 
 
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily change torch's intra-op thread count (process-wide), restoring it afterwards."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
-
-
 class TextEnricher:
     """Runs both models over a whole batch, never per message: per-call overhead dominates short texts.
 
-    With `overlap` (default) NER runs in a worker thread while torch runs the sentiment model with
-    `torch_threads` intra-op threads. On 2 shared cores this measured ~1.2x faster than running them one
-    after the other with torch on 2 threads (spaCy is single-threaded and torch releases the GIL in its
-    kernels, so each gets a core; torch on 2 threads next to a busy spaCy thread oversubscribes badly).
-    Models must then tolerate being called from a thread other than the constructor's (both ours do).
+    With `overlap` (default) NER runs in a worker thread while torch runs the sentiment model. On 2 shared
+    cores, with torch on 1 intra-op thread, this measured ~1.2x faster than running them one after the other
+    with torch on 2 threads (spaCy is single-threaded and torch releases the GIL in its kernels, so each gets a
+    core; torch on 2 threads next to a busy spaCy thread oversubscribes badly). torch's thread count is
+    process-wide, so the enricher does not set it: the worker sets it once (streams/runtime/worker.py).
+    Models must tolerate being called from a thread other than the constructor's (both ours do).
     """
 
     def __init__(
@@ -45,11 +27,9 @@ class TextEnricher:
         ner: EntityRecognizer,
         *,
         overlap: bool = True,
-        torch_threads: int | None = 1,
     ) -> None:
         self.sentiment = sentiment
         self.ner = ner
-        self.torch_threads = torch_threads if overlap else None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ner") if overlap else None
 
     @property
@@ -76,8 +56,7 @@ class TextEnricher:
         else:
             pending = self._pool.submit(self.ner.predict, texts)
             try:
-                with _torch_threads(self.torch_threads):
-                    sentiments = self.sentiment.predict(texts)
+                sentiments = self.sentiment.predict(texts)
             finally:
                 entities = pending.result()  # re-raises NER errors; always waits so no work is left behind
         if len(sentiments) != len(texts) or len(entities) != len(texts):

@@ -27,8 +27,10 @@ Output contract (documented here because consumers rely on it):
   repeats a final segment.
 
 Why checkpoints: Faust commits a batch's offsets once its outputs are delivered, so audio still buffered
-(an open segment, chunks waiting for a missing seq) would be lost on a crash. On start the runtime restores
-the latest checkpoint of every stream (streams/runtime/recovery.py). The data layout of a stream's state is
+(an open segment, chunks waiting for a missing seq) would be lost on a crash. Whenever the worker is assigned
+``audio.chunks`` partitions (at start and on every rebalance) the runtime restores the latest checkpoint of
+every stream on them (streams/runtime/handover.py); streams of revoked partitions are released, so two ASR
+workers in one group split the streams and either takes over the other's. The data layout of a stream's state is
 the ``asr.state`` contract in streams/contracts/asr_state.py; the chunk headers are streams/contracts/audio_chunks.py.
 
 Checkpoint size: each ``asr.state`` record stays under ``max_state_bytes`` (default 1,000,000, below Kafka's
@@ -39,7 +41,7 @@ stops waiting for the oldest missing chunk as if the reorder window had passed: 
 says why), the buffered audio goes on to the VAD, and the checkpoint again holds exactly the stream's state,
 so a restart still neither loses nor repeats a final. Counting is without compression (noise does not shrink).
 
-Size: ~430 lines, over the ~400 the codebase aims at, because the per-stream state machine (release order →
+Size: ~445 lines, over the ~400 the codebase aims at, because the per-stream state machine (release order →
 VAD → segments → finals, partials and gaps → checkpoint) is one unit whose pieces share the stream's state;
 what could leave did (chunk headers and the state layout are contracts in streams/contracts/).
 """
@@ -47,7 +49,7 @@ what could leave did (chunk headers and the state layout are contracts in stream
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,7 +64,7 @@ from streams.contracts.audio_chunks import MAX_STREAM_ID, BadChunk, parse_meta
 from streams.contracts.deadletter import dead_letter
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import asr_transcript_event, encode, now_ms, text_in_event
-from streams.contracts.state import Checkpoint, StateError
+from streams.contracts.state import TP, Checkpoint, StateError
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +116,14 @@ class _Pending:
 
 class AsrProcessor:
     """Capabilities (processors/base.py): Ticking (idle flushes), Checkpointed (one inline checkpoint per
-    touched stream per batch, so nothing needs replaying), WholePartitions (state is restored at start only)."""
+    touched stream per batch, so nothing needs replaying), PartitionedState (a stream's key pins it to one
+    partition, so its state moves with that partition when a rebalance hands it to another worker)."""
 
     name = "asr"
     source_topics = (topics.AUDIO_CHUNKS,)
     state_topic = topics.ASR_STATE
     state_store = "topic"
     replay_topics: tuple[str, ...] = ()  # every batch checkpoints the streams it touched before its commit
-    whole_partition_topics = (topics.AUDIO_CHUNKS,)
     tick_s = 1.0
 
     def __init__(
@@ -235,7 +237,19 @@ class AsrProcessor:
                 continue
             state = self._restore(stream)
             state.offset = max(cp.offsets.values(), default=-1)
+            state.partition = next((p for t, p in cp.offsets if t == topics.AUDIO_CHUNKS), None)
             self.streams[stream.stream_id] = state
+
+    def release_partitions(self, partitions: Set[TP]) -> None:
+        """Forget the streams of revoked partitions: their new owner restores them from ``asr.state`` (each was
+        checkpointed with the batch that last touched it), and an idle flush here would repeat its segment."""
+        held = {p for t, p in partitions if t == topics.AUDIO_CHUNKS}
+        gone = [sid for sid, s in self.streams.items() if s.partition in held]
+        for sid in gone:
+            del self.streams[sid]
+            self._dirty.pop(sid, None)
+        if gone:
+            log.info("asr: released %d stream(s) of partitions %s", len(gone), sorted(held))
 
     def replay(self, records: Sequence[RawRecord]) -> None:
         """Apply chunks whose outputs were already delivered (not needed by the runtime today: ``replay_topics``

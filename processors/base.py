@@ -11,6 +11,9 @@ start (`capabilities`) and `validate` refuses a processor that declares a capabi
   the group's committed offsets (`replay`);
 * `Served` — read-only HTTP views on the worker's web server (`routes`), answered off the model thread;
 * `HotSwappable` — a new model version loaded between batches on the model thread (`load_model`);
+* `PartitionedState` — checkpointed state split by input partition, so it moves with its partitions when a
+  rebalance reassigns them: the runtime restores a partition's checkpoints when it is assigned
+  (`restore`) and has the processor drop them when it is revoked (`release_partitions`);
 * `WholePartitions` — topics whose state needs every partition in one worker (warned about on rebalance).
 
 Processors import no Kafka client and no Faust (enforced by import-linter, see .importlinter): they see
@@ -19,14 +22,14 @@ Processors import no Kafka client and no Faust (enforced by import-linter, see .
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any, Protocol, runtime_checkable
 
 from streams.contracts.records import OutRecord, RawRecord
-from streams.contracts.state import Checkpoint
+from streams.contracts.state import TP, Checkpoint
 
-__all__ = ["CAPABILITIES", "Checkpoint", "Checkpointed", "ContractError", "HotSwappable", "Processor", "Served",
-           "Ticking", "WholePartitions", "capabilities", "validate"]
+__all__ = ["CAPABILITIES", "Checkpoint", "Checkpointed", "ContractError", "HotSwappable", "PartitionedState",
+           "Processor", "Served", "Ticking", "WholePartitions", "capabilities", "validate"]
 
 
 @runtime_checkable
@@ -97,6 +100,17 @@ class HotSwappable(Protocol):
 
 
 @runtime_checkable
+class PartitionedState(Protocol):
+    """Checkpointed state whose every checkpoint covers one input partition (its ``offsets`` name it), so
+    several workers of one group can split the topics. On start and on each rebalance the runtime hands
+    ``restore`` the latest checkpoints of the partitions newly assigned (and replays them like a start-up),
+    and calls ``release_partitions`` with those revoked: their state now lives in another worker, which
+    restores it from the same state topic. Both run on the model thread, after every earlier batch."""
+
+    def release_partitions(self, partitions: Set[TP]) -> None: ...
+
+
+@runtime_checkable
 class WholePartitions(Protocol):
     whole_partition_topics: tuple[str, ...]
 
@@ -106,6 +120,7 @@ CAPABILITIES: dict[str, type] = {
     "checkpoint": Checkpointed,
     "web": Served,
     "hot-swap": HotSwappable,
+    "partitioned-state": PartitionedState,
     "whole-partitions": WholePartitions,
 }
 STATE_STORES = ("topic", "file")
@@ -165,6 +180,12 @@ def validate(processor: Any) -> list[str]:
         stray = [t for t in processor.replay_topics if t not in processor.source_topics]
         if stray:
             problems.append(f"replay_topics {stray} are not source topics")
+    if isinstance(processor, PartitionedState):
+        if not isinstance(processor, Checkpointed):
+            problems.append("declares release_partitions (partitioned state) but is not checkpointed")
+        if isinstance(processor, WholePartitions):
+            problems.append("declares both partitioned state and whole_partition_topics: state either moves "
+                            "with its partitions or needs all of them")
     if isinstance(processor, WholePartitions):
         stray = [t for t in processor.whole_partition_topics if t not in processor.source_topics]
         if stray:

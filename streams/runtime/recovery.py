@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 
 from processors.base import Checkpointed
 from streams.contracts.records import OutRecord, RawRecord
@@ -167,14 +167,19 @@ def kafka_read_range(settings: Settings, bootstrap: str, timeout_s: float = 300.
 
 
 def restore_from_kafka(processor: Checkpointed, store: StateStore, settings: Settings, bootstrap: str,
-                       progress: Progress) -> int:
-    """The start-up recovery of one checkpointed processor against a real cluster."""
+                       progress: Progress, partitions: Set[TP] | None = None) -> int:
+    """The recovery of one checkpointed processor against a real cluster: at start (``partitions`` None: every
+    checkpoint), or for the partitions a rebalance just assigned (handover.py: only checkpoints whose offsets
+    name one of them, replayed only on them)."""
     checkpoints = store.load(kafka_state_records(settings, bootstrap, processor.state_topic))
-    progress(f"{store.processor}: restored {len(checkpoints)} checkpoint(s) from {processor.state_topic}")
-    return recover(
-        processor,
-        checkpoints,
-        lambda: kafka_committed_offsets(settings, bootstrap, processor.replay_topics),
-        kafka_read_range(settings, bootstrap),
-        progress,
-    )
+    where = ""
+    if partitions is not None:
+        checkpoints = [cp for cp in checkpoints if partitions & cp.offsets.keys()]
+        where = f" of {' '.join(f'{t}[{p}]' for t, p in sorted(partitions))}"
+    progress(f"{store.processor}: restored {len(checkpoints)} checkpoint(s){where} from {processor.state_topic}")
+
+    def committed() -> dict[TP, int]:
+        offsets = kafka_committed_offsets(settings, bootstrap, processor.replay_topics)
+        return offsets if partitions is None else {tp: o for tp, o in offsets.items() if tp in partitions}
+
+    return recover(processor, checkpoints, committed, kafka_read_range(settings, bootstrap), progress)

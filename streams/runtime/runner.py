@@ -177,6 +177,7 @@ class ProcessorRunner:
         self.pipeline = OrderedPipeline(self.pool, self.delivery.deliver, depth=processor.read_ahead,
                                         on_broken=on_broken)
         self.busy_since: float | None = None  # monotonic start of the work on the model thread, for /health
+        self.ticks_paused = False  # during a rebalance: a tick must not touch state that is changing hands
 
     @property
     def tick_s(self) -> float | None:
@@ -204,7 +205,7 @@ class ProcessorRunner:
         processor = self.processor
 
         def work() -> list[OutRecord]:
-            if not isinstance(processor, Ticking):
+            if not isinstance(processor, Ticking) or self.ticks_paused:
                 return []
             try:
                 return processor.tick(self.clock())
@@ -217,32 +218,40 @@ class ProcessorRunner:
 
         await self.pipeline.submit(lambda: self._on_model_thread(work), count)
 
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model thread after everything submitted before it (never mid-batch); returns its
+        result or raises what it raised. Checkpoints it makes due go out like a batch's."""
+        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        outcome: list[Any] = []
+
+        def work() -> list[OutRecord]:
+            try:
+                outcome.append(fn())
+            except Exception as exc:
+                outcome.append(exc)
+            return []
+
+        async def settle(outputs: list[OutRecord], process_s: float, deliver_s: float) -> None:
+            record_outputs(self.processor.name, outputs)
+            if isinstance(outcome[0], Exception):
+                result.set_exception(outcome[0])
+            else:
+                result.set_result(outcome[0])
+
+        await self.pipeline.submit(lambda: self._on_model_thread(work), settle)
+        return await result
+
     async def swap(self, model: str, version: str) -> str:
         """Load ``version`` of ``model`` between batches on the model thread; returns the new "name@version".
         Raises what the processor's loader raised (the serving model is then unchanged)."""
         processor = self.processor
         if not isinstance(processor, HotSwappable):
             raise TypeError(f"processor {processor.name!r} does not declare the hot-swap capability")
-        result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        outcome: list[Any] = []
-
-        def work() -> list[OutRecord]:
-            try:
-                outcome.append(processor.load_model(model, version))
-            except Exception as exc:
-                outcome.append(exc)
-            return []
-
-        async def settle(outputs: list[OutRecord], process_s: float, deliver_s: float) -> None:
-            if isinstance(outcome[0], Exception):
-                result.set_exception(outcome[0])
-            else:
-                log.info("%s: now serving %s for %s (loaded in %.1f s)", processor.name, outcome[0], model,
-                         process_s)
-                result.set_result(outcome[0])
-
-        await self.pipeline.submit(lambda: self._on_model_thread(work), settle)
-        return await result
+        started = time.perf_counter()
+        serving = await self.call(lambda: processor.load_model(model, version))
+        log.info("%s: now serving %s for %s (swapped in %.1f s)", processor.name, serving, model,
+                 time.perf_counter() - started)
+        return str(serving)
 
     def _on_model_thread(self, fn: Callable[..., list[OutRecord]], *args: Any) -> list[OutRecord]:
         self.busy_since = time.monotonic()

@@ -2,7 +2,7 @@
 
 In the spirit of Bytewax's TestingSource/TestingSink and Faust's test_context: the same `ProcessorRunner`
 the Faust agent feeds (ordering, read-ahead, delivery waves, dead-letter stand-ins, checkpoints through the
-state store, ticks, model swaps) with a sink that records what a broker would have acknowledged, so tests of
+state store, ticks, model swaps, rebalances) with a sink that records what a broker would have acknowledged, so tests of
 those rules take milliseconds. Fail-stop does not exit the test process: it is recorded (`stopped`) and
 nothing after it is delivered or acked, as in a worker that exited. The end-to-end tests through the broker
 stay the proof that the Faust side does the same.
@@ -32,6 +32,7 @@ from streams.contracts.deadletter import DEFAULT_MAX_MESSAGE_BYTES
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.state import TP
 from streams.runtime.delivery import DeliveryFailed
+from streams.runtime.handover import Handover
 from streams.runtime.recovery import recover
 from streams.runtime.runner import ProcessorRunner
 from streams.runtime.state_store import StateStore
@@ -91,6 +92,8 @@ class InProcessWorker:
         self.runner = ProcessorRunner(processor, self.sink.send, max_message_bytes=max_message_bytes, state=store,
                                       on_fatal=self._fail_stop, on_broken=self._broken,
                                       executor=ThreadPoolExecutor(1, f"{processor.name}-model"), **extra)
+        self._state_topic: list[tuple[bytes | None, bytes | None]] = []
+        self.handover = Handover([self.runner], self._restore_partitions)
 
     def _fail_stop(self, exc: DeliveryFailed) -> NoReturn:
         self.stopped = exc
@@ -131,6 +134,22 @@ class InProcessWorker:
 
     def swap(self, model: str, version: str) -> str:
         return self._until_delivered(lambda: self.runner.swap(model, version))[0]
+
+    def rebalance(self, assigned: Iterable[TP], state: Iterable[tuple[bytes | None, bytes | None]] = ()
+                  ) -> list[OutRecord]:
+        """A rebalance as the worker runs it (handover.py): revoke, then assign ``assigned``; newly assigned
+        partitions are restored from ``state``, what the state topic holds now. Returns what was delivered."""
+        self._state_topic = list(state)
+        return self._until_delivered(lambda: self._rebalance(set(assigned)))[1]
+
+    async def _rebalance(self, assigned: set[TP]) -> None:
+        await self.handover.revoked()
+        await self.handover.assigned(assigned)
+
+    def _restore_partitions(self, processor: Checkpointed, partitions: frozenset[TP]) -> int:
+        assert self.store is not None
+        checkpoints = [cp for cp in self.store.load(self._state_topic) if partitions & cp.offsets.keys()]
+        return recover(processor, checkpoints, dict, lambda after, until: iter(()), lambda _m: None)
 
     def state(self) -> list[tuple[bytes | None, bytes | None]]:
         """What the state topic would hold: (key, value) of every state record delivered so far."""

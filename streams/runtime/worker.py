@@ -3,7 +3,9 @@
 Start-up order matters: topics exist, models load, each processor is checked against its contract
 (processors/base.py) and its state restored and replayed (recovery.py) — all before the worker joins its
 consumer group, since seconds of work inside the event loop would stall heartbeats and trigger a rebalance.
-`/ready` answers 200 only after that and the first partition assignment (web.py).
+State split by partition (`PartitionedState`, e.g. ASR streams) is the exception: it is restored for the
+partitions each assignment brings, on the model thread (handover.py). `/ready` answers 200 only after the
+first assignment and its restores (web.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 import faust
 
 from models import model_store
-from processors.base import Checkpointed, Processor, Served, WholePartitions, validate
+from processors.base import Checkpointed, PartitionedState, Processor, Served, WholePartitions, validate
 from streams.contracts.settings import Settings
 from streams.runtime.agent import attach, faust_sender
 from streams.runtime.faust_app import create_app
+from streams.runtime.handover import Handover
 from streams.runtime.kafka_io import describe_topics, ensure_topics
 from streams.runtime.recovery import restore_from_kafka
 from streams.runtime.runner import ProcessorRunner
@@ -108,23 +111,20 @@ def progress_line(message: str) -> None:
     print(f"[streamsense] {message}", flush=True)
 
 
-def torch_threads(settings: Settings, names: Sequence[str]) -> int | None:
-    """The worker's one torch intra-op thread count (process-wide, so set once, here): the setting when given;
-    else 1 when asr or recs share the worker (small batches; more threads only contend with Faust, the web
-    views and each other); else torch's default (text runs sentiment next to spaCy with its own count)."""
-    if settings.torch_threads > 0:
-        return settings.torch_threads
-    return 1 if {"asr", "recs"} & set(names) else None
+def torch_threads(settings: Settings) -> int:
+    """The worker's one torch intra-op thread count (process-wide, so set once, here): the setting when given,
+    else 1 whatever the processors: text runs spaCy NER on a second thread next to the sentiment model (each
+    gets a core; torch on 2 threads next to it oversubscribes 2 cores), asr and recs work on small batches where
+    more threads only contend with Faust, the web views and each other."""
+    return settings.torch_threads if settings.torch_threads > 0 else 1
 
 
 def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress: Progress = progress_line
               ) -> faust.App:
     model_store.configure(settings.model_dir)  # before any builder loads a model
-    threads = torch_threads(settings, names)
-    if threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(torch_threads(settings))
     created = ensure_topics(settings, bootstrap)
     if created:
         progress(f"created topics: {', '.join(created)}")
@@ -135,13 +135,15 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
     partition_counts = describe_topics(settings, bootstrap)
     send = faust_sender(app, partition_counts)
     readiness = Readiness()
-    runners = []
+    runners, stores = [], {}
     for processor in processors:
         store = None
         if isinstance(processor, Checkpointed):
-            store = StateStore(topic=processor.state_topic, kind=processor.state_store, processor=processor.name,
-                               app_id=settings.app_id, state_dir=settings.state_dir)
-            restore_from_kafka(processor, store, settings, bootstrap, progress)
+            store = stores[processor.name] = StateStore(
+                topic=processor.state_topic, kind=processor.state_store, processor=processor.name,
+                app_id=settings.app_id, state_dir=settings.state_dir)
+            if not isinstance(processor, PartitionedState):  # that one is restored per assignment (handover)
+                restore_from_kafka(processor, store, settings, bootstrap, progress)
         runner = ProcessorRunner(processor, send, max_message_bytes=settings.max_message_bytes, state=store)
         runners.append(runner)
         attach(app, runner)
@@ -149,9 +151,16 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
             register_routes(app, processor.routes())
     register_worker_pages(app, settings.app_id, readiness, runners, settings.health_stall_s)
     readiness.models_loaded = True
+    handover = Handover(runners, lambda p, partitions: restore_from_kafka(
+        p, stores[p.name], settings, bootstrap, progress, partitions))
+
+    @app.on_partitions_revoked.connect
+    async def hand_over(sender: faust.App, revoked: set, **_: object) -> None:  # type: ignore[type-arg]
+        await handover.revoked()
 
     @app.on_partitions_assigned.connect
     async def announce(sender: faust.App, assigned: set, **_: object) -> None:  # type: ignore[type-arg]
+        await handover.assigned({(tp.topic, tp.partition) for tp in assigned})
         readiness.partitions = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
         readiness.assigned = True
         progress(f"worker ready: {len(readiness.partitions)} partitions assigned: "

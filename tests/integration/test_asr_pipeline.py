@@ -112,6 +112,81 @@ def test_partials_preview_an_open_segment_and_the_final_supersedes_them(broker: 
     assert len(texts_in) == 1 and texts_in[0]["text"] == finals[0]["text"]  # partials never reach text.in
 
 
+def one_stream_per_partition(prefix: str, partitions: int) -> list[str]:
+    """Stream ids that the producer's default partitioner (murmur2 of the key, as Kafka's Java client) puts on
+    partitions 0..n-1, one each, so a rebalance surely moves open streams."""
+    from kafka.partitioner.default import murmur2
+
+    found: dict[int, str] = {}
+    for i in range(10_000):
+        sid = f"{prefix}-{i}"
+        found.setdefault((murmur2(sid.encode()) & 0x7FFFFFFF) % partitions, sid)
+        if len(found) == partitions:
+            return [found[p] for p in range(partitions)]
+    raise AssertionError("no stream id found for every partition")
+
+
+def checkpointed(broker: str, upto: dict[str, int], timeout_s: float = 90.0,
+                 workers: tuple[WorkerProcess, ...] = ()) -> None:
+    """Wait until each stream's checkpoint has applied its chunks below ``upto[sid]`` (so every output of
+    those chunks is delivered: a checkpoint goes out after its batch's outputs)."""
+    done: set[str] = set()
+
+    def stop(r) -> bool:
+        sid = (r.key or b"").decode("utf-8", "replace")
+        if sid in upto and stream_state(r.value).next_seq >= upto[sid]:
+            done.add(sid)
+        return done == set(upto)
+
+    for _ in read_topic(Settings(bootstrap=broker), broker, topics.ASR_STATE, timeout_s=timeout_s, stop=stop):
+        pass
+    assert done == set(upto), (sorted(set(upto) - done), *(w.log()[-2000:] for w in workers))
+
+
+def test_two_workers_split_the_streams_and_a_killed_ones_streams_move_to_the_other(broker: str, clip: Path,
+                                                                                    tmp_path: Path) -> None:
+    """Every open stream is mid-utterance at each hand-over: when B joins A's group (a rebalance gives B half of
+    the partitions; B restores their streams from what A checkpointed) and when B is SIGKILLed (A restores them
+    from what B checkpointed). Every utterance's final arrives exactly once, and the text is right."""
+    partitions = Settings().partitions
+    sids = one_stream_per_partition(f"handover-{uuid.uuid4().hex[:4]}", partitions)
+    speech, rate = pcm_of(clip)
+    utterance = speech + b"\0\0" * rate
+    chunks = {sid: pcm16_chunks(utterance * 3, rate, 1, sid, chunk_ms=400) for sid in sids}
+    per_utterance = len(chunks[sids[0]]) / 3
+    cuts = [int(per_utterance * 1.5), int(per_utterance * 2.5)]  # inside the 2nd and the 3rd utterance
+    app_id = f"asr-handover-{uuid.uuid4().hex[:6]}"
+    env = {"STREAMSENSE_ASR_IDLE_TIMEOUT_S": "600"}  # pauses between phases must not end a segment early
+    a = WorkerProcess(broker, tmp_path, processors="asr", app_id=app_id, env=env).start()
+    b = WorkerProcess(broker, tmp_path, processors="asr", app_id=app_id, env=env)
+    try:
+        a.wait_ready(timeout_s=120)
+        produce(broker, [c for sid in sids for c in chunks[sid][: cuts[0]]])
+        checkpointed(broker, {sid: cuts[0] for sid in sids}, workers=(a,))
+
+        held_by_b = b.start().wait_ready(timeout_s=120)["partitions"]
+        moved = [sid for p, sid in enumerate(sids) if f"{topics.AUDIO_CHUNKS}[{p}]" in held_by_b]
+        assert 0 < len(moved) < partitions, held_by_b
+        assert f"asr: restored {len(moved)} checkpoint(s) of" in b.log(), b.log()[-2000:]
+        produce(broker, [c for sid in sids for c in chunks[sid][cuts[0] : cuts[1]]])
+        checkpointed(broker, {sid: cuts[1] for sid in sids}, workers=(a, b))
+
+        b.kill()  # A gets B's partitions after the session timeout and restores B's streams
+        produce(broker, [c for sid in sids for c in chunks[sid][cuts[1] :]])
+        transcripts_of(broker, {sid: 3 for sid in sids}, timeout_s=120)
+        finals = [json.loads(r.value) for r in read_topic(Settings(bootstrap=broker), broker,
+                                                          topics.ASR_TRANSCRIPTS, timeout_s=30, idle_timeout_s=3)
+                  if r.key is not None and r.key.decode() in sids]
+    finally:
+        b.stop()
+        assert a.stop() == 0, a.log()[-3000:]
+    assert a.log().count("asr: restored") >= 2, a.log()[-3000:]  # its first assignment and B's partitions
+    for sid in sids:
+        mine = sorted((e for e in finals if e["stream_id"] == sid and e["final"]), key=lambda e: e["start"])
+        assert [e["id"] for e in mine] == [f"{sid}:{i}" for i in range(3)], [(e["id"], e["text"]) for e in mine]
+        assert wer(" ".join([SENTENCE] * 3), " ".join(e["text"] for e in mine)) <= 0.15, [e["text"] for e in mine]
+
+
 @pytest.fixture(scope="module")
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory):
     w = WorkerProcess(broker, Path(tmp_path_factory.mktemp("asr-worker")), processors="asr,text").start()

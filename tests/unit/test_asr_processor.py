@@ -444,3 +444,31 @@ def test_a_partial_whose_segment_ends_without_text_is_withdrawn() -> None:
     assert [e["text"] for e in got] == ["maybe", ""] and finals(out) == []
     assert got[0]["segment_index"] == got[1]["segment_index"] == 0 and got[0]["id"] != got[1]["id"]
     assert asr.streams["nope"].next_index == 0 and asr.streams["nope"].partial_index is None
+
+
+def test_a_rebalance_moves_open_streams_to_their_partitions_new_owner(engine, clips) -> None:
+    """Worker A holds both partitions and is cut mid-utterance on two streams; a rebalance gives partition 1 to
+    worker B, which restores its stream from what A checkpointed. Each utterance is final exactly once, and
+    A's idle flush no longer touches the stream it gave away."""
+    pcm, rate = clips["fox"]
+    one = raw(pcm16_chunks(pcm + pcm, rate, 1, "kept", chunk_ms=400), partition=0)
+    two = raw(pcm16_chunks(pcm + pcm, rate, 1, "moved", chunk_ms=400), partition=1)
+    cut = int(len(one) * 0.7)
+    a, b = InProcessWorker(processor(engine)), InProcessWorker(processor(engine))
+    a.rebalance({(topics.AUDIO_CHUNKS, 0), (topics.AUDIO_CHUNKS, 1)})
+    out_a = a.run(one[:cut] + two[:cut])
+    assert {s.stream_id for s in states(out_a)} == {"kept", "moved"}
+
+    out_a += a.rebalance({(topics.AUDIO_CHUNKS, 0)})
+    assert set(a.processor.streams) == {"kept"}
+    b.rebalance({(topics.AUDIO_CHUNKS, 1)}, state=[(marker_key("b"), b"t"), *a.state()])
+    assert set(b.processor.streams) == {"moved"} and b.processor.streams["moved"].partition == 1
+
+    out_a += a.run(one[cut:]) + a.tick()  # the tick would flush "moved" had A kept it
+    out_b = b.run(two[cut - 3 :]) + b.tick()  # 3 chunks A applied are read again: skipped, not repeated
+    for sid, out in (("kept", out_a), ("moved", out_a + out_b)):
+        got = [e for e in finals(out) if e["stream_id"] == sid]
+        assert [e["id"] for e in got] == [f"{sid}:0", f"{sid}:1"], [(e["id"], e["text"]) for e in got]
+        text = " ".join(e["text"] for e in got)
+        assert wer(SENTENCES["fox"] + " " + SENTENCES["fox"], text) <= 0.15, text
+    assert all(e["stream_id"] == "moved" for e in finals(out_b))

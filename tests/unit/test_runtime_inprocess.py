@@ -196,3 +196,24 @@ def test_capabilities_are_declared_and_checked() -> None:
 
     with pytest.raises(ContractError, match="missing source_topics, batch_size, batch_ms, read_ahead, process"):
         validate(NotAProcessor())
+
+    class SplitAndWhole(Echo):
+        whole_partition_topics = ("in",)
+
+        def release_partitions(self, partitions):
+            pass
+
+    with pytest.raises(ContractError, match="both partitioned state and whole_partition_topics"):
+        validate(SplitAndWhole())
+
+    class Unsaved:
+        name, source_topics, batch_size, batch_ms, read_ahead = "unsaved", ("in",), 1, 0, 0
+
+        def process(self, records):
+            return []
+
+        def release_partitions(self, partitions):
+            pass
+
+    with pytest.raises(ContractError, match=r"partitioned state.* not checkpointed"):
+        validate(Unsaved())
