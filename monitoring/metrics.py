@@ -6,7 +6,7 @@ name and topic — never event ids or user ids, which would explode cardinality.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -30,6 +30,28 @@ BATCH_SECONDS = Histogram(
 DELIVERY_SECONDS = Histogram(
     "streamsense_delivery_seconds", "Wall time until a batch's outputs were acknowledged by the broker",
     ["processor"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5), registry=REGISTRY,
+)
+
+# --- the drift monitor (labels: model name and signal; the version is in streamsense_drift_reference_info) ---
+DRIFT_SCORE = Gauge(
+    "streamsense_drift_score", "Largest detector statistic of a signal as a fraction of its drift threshold",
+    ["model", "signal"], registry=REGISTRY,
+)
+DRIFT_THRESHOLD = Gauge(
+    "streamsense_drift_threshold", "Thresholds on the drift score's scale (drift is 1)", ["model", "signal", "level"],
+    registry=REGISTRY,
+)
+DRIFT_LEVEL = Gauge(
+    "streamsense_drift_alarm_level", "Open episode of a signal: 0 none, 1 warning, 2 drift", ["model", "signal"],
+    registry=REGISTRY,
+)
+DRIFT_SINCE_REFERENCE = Gauge(
+    "streamsense_drift_events_since_reference", "Events a signal has seen since its reference was complete",
+    ["model", "signal"], registry=REGISTRY,
+)
+DRIFT_EPISODES = Counter(
+    "streamsense_drift_episodes", "Drift episode transitions (warning, drift, cleared)", ["model", "signal", "level"],
+    registry=REGISTRY,
 )
 
 

@@ -89,6 +89,7 @@ PROCESSOR_FLAGS: dict[str, tuple[str, ...]] = {
     "text": ("text_batch_size", "text_batch_ms", "sentiment_model", "ner_model"),
     "asr": ("asr_batch_size", "asr_batch_ms"),
     "recs": ("recs_batch_size", "recs_batch_ms"),
+    "monitor": ("monitor_batch_size", "monitor_batch_ms"),
 }
 SHORT_BATCH_FLAGS = ("batch_size", "batch_ms")  # --batch-size/--batch-ms: the one chosen processor's
 
@@ -339,7 +340,7 @@ def parser() -> argparse.ArgumentParser:
         description="Run a worker with the chosen processors. Flags override the environment (README: "
         "Configuration). A flag for a processor that is not in --processors is an error; --batch-size and "
         "--batch-ms set the batch of the one chosen processor and are an error with several."))
-    r.add_argument("--processors", default="text", help="comma-separated: text, asr, recs (default text)")
+    r.add_argument("--processors", default="text", help="comma-separated: text, asr, recs, monitor (default text)")
     r.add_argument("--web-port", type=int, help="port of /metrics and /health on 127.0.0.1 (0: off; default 6066)")
     r.add_argument("--batch-size", type=int_at_least(1), metavar="N",
                    help="max events per model batch of the one processor in --processors")

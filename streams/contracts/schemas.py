@@ -252,6 +252,27 @@ def parse_drift_event(raw: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
     return obj
 
 
+def drift_event(event_id: str, *, ts: int, model: str, model_version: str, signal: str, detector: str,
+                level: str, statistic: str, value: float, threshold: float, reference: Mapping[str, Any],
+                window: Mapping[str, Any], events_since_reference: int, episode: int) -> dict[str, Any]:
+    """One `drift.events` event; ``id`` is deterministic (model@version:signal:episode:level), so a replay
+    rewrites the same event. ``window``: the events since the detector's statistic last left zero (its
+    change-point estimate), up to this one."""
+    event = {"id": event_id, "ts": ts, "schema": schema_id(topics.DRIFT_EVENTS), "model": model,
+             "model_version": model_version, "signal": signal, "detector": detector, "level": level,
+             "statistic": statistic, "value": round(value, 4), "threshold": round(threshold, 4),
+             "reference": dict(reference), "window": dict(window), "events_since_reference": events_since_reference,
+             "episode": episode}
+    return parse_drift_event(event)
+
+
+def drift_stats_event(snapshot: Mapping[str, Any], *, ts: int) -> dict[str, Any]:
+    """One `drift.stats` record (key = model:signal): a signal's score against its thresholds (1.0 = drift),
+    alarm level, reference and window statistics (KS/chi², PSI, Jensen-Shannon), for dashboards."""
+    return {"id": f"{snapshot['model']}:{snapshot['signal']}:{ts}", "ts": ts, "schema": schema_id(topics.DRIFT_STATS),
+            **snapshot}
+
+
 def parse_retrain_request(raw: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
     """`retrain.requests` (key = model name): {id, ts, schema, model, reason, drift_event_id?, requested_by}."""
     obj = _envelope(raw, topics.RETRAIN_REQUESTS)

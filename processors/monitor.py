@@ -1,0 +1,187 @@
+"""The drift monitor as a stream processor: the other processors' outputs in, drift episodes and stats out.
+
+What it watches (each signal per model and model version; monitoring/drift_monitor.py does the statistics):
+
+* ``text.enriched``: sentiment label mix, sentiment confidence and text length (model "sentiment"); entities
+  per text and the entity-type mix (model "ner");
+* ``asr.transcripts`` (final segments): ``avg_logprob``, ``no_speech_prob``, speech rate (words/s), segment
+  length and the detected-language mix (model "asr");
+* ``recs.responses``: the top score and the mean score of what is served (model "recs").
+
+Outputs: ``drift.events`` on each episode change (deterministic ids), ``drift.stats`` snapshots every
+``stats_s`` (tick), and the ``streamsense_drift_*`` gauges. Capabilities: Ticking, Checkpointed (the whole
+monitor is one inline checkpoint on ``monitor.state``, zlib-compressed JSON, with the offsets it includes; the
+runtime replays ``replay_topics`` from there to the committed offsets, so a restart neither forgets an open
+episode nor re-raises it), WholePartitions (one monitor sees every partition; replicas use distinct app ids).
+
+A record that is not a valid event of its topic is dead-lettered. Valid events that carry no signal (partial
+and gap transcripts) only advance the offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from monitoring import metrics
+from monitoring.drift_monitor import Alarm, DriftConfig, DriftMonitor
+from streams.contracts import topics
+from streams.contracts.deadletter import dead_letter
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.schemas import (
+    SchemaError,
+    decode_json_object,
+    drift_event,
+    drift_stats_event,
+    encode,
+    now_ms,
+    validate_text_enriched,
+)
+from streams.contracts.state import TP, Checkpoint
+
+Observation = tuple[str, str, str, Any]  # model, version, signal, value
+
+MONITORED = (topics.TEXT_ENRICHED, topics.ASR_TRANSCRIPTS, topics.RECS_RESPONSES)
+STATE_KEY = "monitor"
+
+
+def text_signals(event: dict[str, Any]) -> list[Observation]:
+    validate_text_enriched(event)
+    s, n = event["models"].get("sentiment", "unknown"), event["models"].get("ner", "unknown")
+    out: list[Observation] = [
+        ("sentiment", s, "label", event["sentiment"]["label"]),
+        ("sentiment", s, "confidence", float(event["sentiment"]["score"])),
+        ("sentiment", s, "text_length", float(len(event["text"]))),
+        ("ner", n, "entities_per_text", float(len(event["entities"]))),
+    ]
+    out.extend(("ner", n, "entity_type", e["label"]) for e in event["entities"])
+    return out
+
+
+def asr_signals(event: dict[str, Any]) -> list[Observation]:
+    if not event.get("final"):
+        return []  # partials and gaps: previews and reports, not model outputs to watch
+    model, start, end, text = event.get("model"), event.get("start"), event.get("end"), event.get("text")
+    if not isinstance(model, str) or not isinstance(text, str):
+        raise SchemaError("a final transcript needs string fields 'model' and 'text'")
+    if not (isinstance(start, int | float) and isinstance(end, int | float) and end > start):
+        raise SchemaError(f"a final transcript needs numeric start < end, got start={start!r} end={end!r}")
+    duration = float(end - start)
+    out: list[Observation] = [("asr", model, "segment_s", duration),
+                              ("asr", model, "words_per_s", len(text.split()) / duration)]
+    for name in ("avg_logprob", "no_speech_prob"):
+        if isinstance(event.get(name), int | float):
+            out.append(("asr", model, name, float(event[name])))
+    if isinstance(event.get("language"), str):
+        out.append(("asr", model, "language", event["language"]))
+    return out
+
+
+def recs_signals(event: dict[str, Any]) -> list[Observation]:
+    model, items = event.get("model"), event.get("items")
+    if not isinstance(model, str) or not isinstance(items, list):
+        raise SchemaError("a recommendation response needs 'model' (string) and 'items' (array)")
+    scores = [i.get("score") for i in items if isinstance(i, dict)]
+    if len(scores) != len(items) or not all(isinstance(x, int | float) for x in scores):
+        raise SchemaError("every recommended item needs a numeric 'score'")
+    if not scores:
+        return []
+    return [("recs", model, "top_score", float(max(scores))),
+            ("recs", model, "mean_score", float(sum(scores) / len(scores)))]
+
+
+EXTRACTORS = {topics.TEXT_ENRICHED: text_signals, topics.ASR_TRANSCRIPTS: asr_signals,
+              topics.RECS_RESPONSES: recs_signals}
+
+
+class MonitorProcessor:
+    name = "monitor"
+    source_topics = MONITORED
+    state_topic = topics.MONITOR_STATE
+    state_store = "topic"
+    replay_topics = MONITORED
+    whole_partition_topics = MONITORED
+    tick_s = 1.0
+
+    def __init__(self, config: DriftConfig | None = None, *, batch_size: int = 500, batch_ms: int = 200,
+                 read_ahead: int = 0, stats_s: float = 5.0, checkpoint_s: float = 10.0) -> None:
+        self.monitor = DriftMonitor(config)
+        self.batch_size, self.batch_ms, self.read_ahead = batch_size, batch_ms, read_ahead
+        self.stats_ms, self.checkpoint_ms = int(stats_s * 1000), int(checkpoint_s * 1000)
+        self.offsets: dict[TP, int] = {}
+        self._stats_at = self._checkpoint_at = 0
+        self._changed = False
+
+    def process(self, records: Sequence[RawRecord]) -> list[OutRecord]:
+        groups: dict[tuple[str, str, str], tuple[list[Any], list[int]]] = defaultdict(lambda: ([], []))
+        outputs: list[OutRecord] = []
+        for r in records:
+            self.offsets[(r.topic, r.partition)] = max(r.offset, self.offsets.get((r.topic, r.partition), -1))
+            try:
+                event = decode_json_object(r.value)
+                observations = EXTRACTORS[r.topic](event)
+            except SchemaError as exc:
+                outputs.append(dead_letter(r, processor=self.name, reason=str(exc), error="SchemaError"))
+                continue
+            ts = event["ts"] if isinstance(event.get("ts"), int) else (r.timestamp_ms or now_ms())
+            for model, version, signal, value in observations:
+                values, stamps = groups[(model, version, signal)]
+                values.append(value)
+                stamps.append(ts)
+        for (model, version, signal), (values, stamps) in groups.items():
+            for alarm in self.monitor.observe(model, version, signal, values, stamps):
+                outputs.append(self._drift_record(alarm))
+        self._changed = self._changed or bool(records)
+        return outputs
+
+    def _drift_record(self, alarm: Alarm) -> OutRecord:
+        t, key = alarm.transition, alarm.key
+        metrics.DRIFT_EPISODES.labels(key.model, key.signal, t.level).inc()
+        event = drift_event(
+            alarm.event_id, ts=alarm.ts, model=key.model, model_version=key.version, signal=key.signal,
+            detector="cusum", level=t.level, statistic=t.detector, value=t.value, threshold=t.threshold,
+            reference=alarm.reference, window={"events": t.window_events, "from_ts": None, "to_ts": alarm.ts},
+            events_since_reference=alarm.events_since_reference, episode=t.episode,
+        )
+        return OutRecord(topics.DRIFT_EVENTS, key.model.encode(), encode(event))
+
+    def tick(self, now_ms: int) -> list[OutRecord]:
+        """Every ``stats_s``: one ``drift.stats`` record per signal, and the gauges."""
+        if now_ms - self._stats_at < self.stats_ms:
+            return []
+        self._stats_at = now_ms
+        out = []
+        for snap in self.monitor.snapshot():
+            model, signal = snap["model"], snap["signal"]
+            metrics.DRIFT_SCORE.labels(model, signal).set(snap["score"])
+            metrics.DRIFT_THRESHOLD.labels(model, signal, "warning").set(snap["warning"])
+            metrics.DRIFT_THRESHOLD.labels(model, signal, "drift").set(snap["drift"])
+            metrics.DRIFT_LEVEL.labels(model, signal).set(("none", "warning", "drift").index(snap["level"]))
+            metrics.DRIFT_SINCE_REFERENCE.labels(model, signal).set(snap["events_since_reference"])
+            out.append(OutRecord(topics.DRIFT_STATS, f"{model}:{signal}".encode(),
+                                 encode(drift_stats_event(snap, ts=now_ms))))
+        return out
+
+    # --- state (Checkpointed) --------------------------------------------------------------------------------
+
+    def checkpoints(self, now_ms: int) -> list[Checkpoint]:
+        if not self._changed or now_ms - self._checkpoint_at < self.checkpoint_ms:
+            return []
+        self._checkpoint_at, self._changed = now_ms, False
+        data = zlib.compress(json.dumps(self.monitor.state(), separators=(",", ":")).encode())
+        return [Checkpoint(STATE_KEY, data, dict(self.offsets))]
+
+    def restore(self, checkpoints: Sequence[Checkpoint]) -> None:
+        for cp in checkpoints:
+            if cp.key == STATE_KEY:
+                self.monitor.restore(json.loads(zlib.decompress(cp.data)))
+                self.offsets = dict(cp.offsets)
+
+    def replay(self, records: Sequence[RawRecord]) -> None:
+        """Inputs after the checkpoint whose outputs were delivered: they move the detectors again, exactly as
+        the first time (the tie-breaking random stream is in the checkpoint too); the episode changes they
+        cause were already published, so the outputs are dropped."""
+        self.process(records)

@@ -1,0 +1,96 @@
+"""text.in → text worker → text.enriched → drift monitor → drift.events, drift.stats and /metrics, through a broker.
+
+The monitor of a new group reads its topics from the beginning, so this module runs its own broker: the
+reference must be this test's stream, not the other tests' leftovers."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.text_types import SENTIMENT_LABELS
+from models.tweets import load_tweets
+from streams.contracts import topics
+from streams.contracts.schemas import parse_drift_event
+from streams.contracts.settings import Settings
+from streams.runtime.kafka_io import read_topic
+from tests.integration.harness import WorkerProcess, collect, produce, text_records
+
+pytestmark = pytest.mark.integration
+
+REFERENCE = 200
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from streams.runtime.embedded import EmbeddedBroker
+    from streams.runtime.kafka_io import ensure_topics
+
+    log = Path(tmp_path_factory.mktemp("monitor-broker")) / "tansu.log"
+    with EmbeddedBroker(log_path=log, tansu_bin=Settings.from_env().tansu_bin) as embedded:
+        ensure_topics(Settings(bootstrap=embedded.bootstrap), embedded.bootstrap)
+        yield embedded.bootstrap
+
+
+def tweets(n: int, only: str | None = None, seed: int = 0) -> list[str]:
+    texts, labels = load_tweets()
+    pool = [t for t, y in zip(texts, labels, strict=True) if only is None or SENTIMENT_LABELS[y] == only]
+    return random.Random(seed).sample(pool, n)
+
+
+def stats_of(bootstrap: str, model: str, signal: str, at_least: int, timeout_s: float = 60.0) -> dict:
+    """The newest drift.stats snapshot of a signal once it has seen ``at_least`` events after its reference."""
+    found: dict = {}
+
+    def stop(r) -> bool:
+        snap = json.loads(r.value)
+        if (snap["model"], snap["signal"]) == (model, signal) and snap["events_since_reference"] >= at_least:
+            found.update(snap)
+        return bool(found)
+
+    for _ in read_topic(Settings(bootstrap=bootstrap), bootstrap, topics.DRIFT_STATS, timeout_s=timeout_s, stop=stop):
+        pass
+    assert found, f"no drift.stats snapshot of {model}/{signal} with {at_least} events after the reference"
+    return found
+
+
+def test_a_switch_to_negative_tweets_raises_sentiment_drift_and_none_before(own_broker: str, tmp_path: Path
+                                                                           ) -> None:
+    env = {"STREAMSENSE_DRIFT_REFERENCE_EVENTS": str(REFERENCE), "STREAMSENSE_DRIFT_STATS_S": "1",
+           "STREAMSENSE_MONITOR_CHECKPOINT_S": "1"}
+    worker = WorkerProcess(own_broker, tmp_path, processors="text,monitor", env=env).start()
+    try:
+        worker.wait_ready(timeout_s=180)
+        mixed = tweets(600)
+        produce(own_broker, text_records(mixed, prefix="mixed"))
+        collect(own_broker, topics.TEXT_ENRICHED, len(mixed), match="mixed-", worker=worker)
+        before = stats_of(own_broker, "sentiment", "label", len(mixed) - REFERENCE)
+        assert before["level"] == "none" and before["reference"]["events"] == REFERENCE, before
+        quiet = list(read_topic(Settings(bootstrap=own_broker), own_broker, topics.DRIFT_EVENTS, timeout_s=5,
+                                idle_timeout_s=2))
+        assert [json.loads(r.value)["level"] for r in quiet] in ([], ["warning"], ["warning", "cleared"]), [
+            json.loads(r.value) for r in quiet]
+
+        produce(own_broker, text_records(tweets(400, only="negative", seed=1), prefix="negative"))
+        [drift] = [parse_drift_event(json.dumps(e).encode()) for e in collect(
+            own_broker, topics.DRIFT_EVENTS, 1, match="label:1:drift", worker=worker, timeout_s=120)]
+        assert drift["model"] == "sentiment" and drift["signal"] == "label"
+        assert drift["statistic"] == "negative up" and drift["value"] >= drift["threshold"]
+        delay = drift["events_since_reference"] - (len(mixed) - REFERENCE)
+        assert 0 < delay <= 150, drift  # raised within 150 events of the switch
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = worker.metrics_text()
+            if 'streamsense_drift_alarm_level{model="sentiment",signal="label"} 2.0' in text:
+                break
+            time.sleep(0.5)
+        assert 'streamsense_drift_alarm_level{model="sentiment",signal="label"} 2.0' in text, text[-3000:]
+        assert 'streamsense_drift_score{model="sentiment",signal="label"}' in text
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
