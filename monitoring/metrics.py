@@ -31,6 +31,11 @@ DELIVERY_SECONDS = Histogram(
     "streamsense_delivery_seconds", "Wall time until a batch's outputs were acknowledged by the broker",
     ["processor"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5), registry=REGISTRY,
 )
+END_TO_END_LATENCY = Histogram(
+    "streamsense_end_to_end_latency_seconds",
+    "From the input record's timestamp (when it was produced) to the broker's acknowledgement of its output",
+    ["processor"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY,
+)
 
 # --- the drift monitor (labels: model name and signal; the version is in streamsense_drift_reference_info) ---
 DRIFT_SCORE = Gauge(

@@ -38,13 +38,17 @@ class DriftConfig:
     """``expected_events_between_false_alarms``: the whole monitor's budget, split across every detector of
     every active signal. ``reference_events``: the first N values of a model version are its reference."""
 
-    expected_events_between_false_alarms: float = 200_000
+    expected_events_between_false_alarms: float = 500_000
     warning_fraction: float = 0.1  # false warnings come this much more often than false drifts
     reference_events: int = 1000
     mean_shifts: tuple[float, ...] = (0.5, 1.5)
     variance_ratio: float = 2.0
+    # The reference is a sample: its quantiles and rates are off by ~1/sqrt(n), the same for every later
+    # value, which alone multiplied false alarms ~8x in bench/drift.py. Detectors therefore treat a shift of up
+    # to this many standard errors of the reference as "no change" (their thresholds assume that worst case).
+    reference_margin_se: float = 1.0
     rate_ratio: float = 1.5
-    min_rate: float = 0.02  # categories rarer than this in the reference get no "rate down" detector
+    min_rate: float = 0.02  # no "rate down" detector below this rate in the reference, no "up" above 1 - it
     window_events: int = 500
     clear_fraction: float = 0.5
 
@@ -128,13 +132,25 @@ class Signal:
             return
         self.detectors = []
         for name, p0 in zip(self.categories, self._ref, strict=True):
-            for direction, p1 in self._alternatives(float(p0)):
-                self.detectors.append(Cusum(f"{name} {direction}", kl0=_bernoulli_kl(p0, p1)))
+            for direction, (p_in, p1) in self._alternatives(float(p0)).items():
+                self.detectors.append(Cusum(f"{name} {direction}", kl0=_bernoulli_kl(p_in, p1)))
 
-    def _alternatives(self, p0: float) -> list[tuple[str, float]]:
-        """The changed rates a category's detectors look for (no "down" for categories too rare to fall)."""
-        up = ("up", min(p0 * self.config.rate_ratio, 0.999))
-        return [up] if p0 < self.config.min_rate else [up, ("down", p0 / self.config.rate_ratio)]
+    def _margin(self) -> float:
+        """The reference's standard error, in standard deviations, times the configured margin."""
+        return self.config.reference_margin_se / math.sqrt(max(self.reference.events, 1))
+
+    def _alternatives(self, p0: float) -> dict[str, tuple[float, float]]:
+        """Per direction, (the in-control rate allowing for the reference's error, the changed rate to look
+        for). No "down" for a category too rare to fall, no "up" for one too common to rise."""
+        se = math.sqrt(p0 * (1 - p0)) * self._margin()
+        out = {}
+        if p0 <= 1 - self.config.min_rate:
+            p_up = p0 + se
+            out["up"] = (p_up, min(max(p0 * self.config.rate_ratio, p_up * 1.05), (1 + p_up) / 2))
+        if p0 >= self.config.min_rate:
+            p_down = max(p0 - se, p0 / 2)
+            out["down"] = (p_down, min(p0 / self.config.rate_ratio, p_down / 1.05))
+        return out
 
     def set_budget(self, arl: float, warning_arl: float) -> None:
         for d in self.detectors:
@@ -172,22 +188,22 @@ class Signal:
             hi = np.searchsorted(self._ref, x, "right")
             u = (lo + self._rng.random(x.size) * (hi - lo + 1)) / (self._ref.size + 1)
             z = special.ndtri(u)
-            k = 0
+            m, k = self._margin(), 0
             for d in self.config.mean_shifts:
                 for sign in (1.0, -1.0):
-                    out.append(self.detectors[k].run(sign * d * z - d * d / 2))
+                    out.append(self.detectors[k].run(d * (sign * z - m) - d * d / 2))
                     k += 1
             r = self.config.variance_ratio
-            out.append(self.detectors[k].run(z * z * (1 - 1 / r) / 2 - math.log(r) / 2))
+            z2 = z * z - m * math.sqrt(2)  # the reference variance's standard error is sqrt(2/n)
+            out.append(self.detectors[k].run(z2 * (1 - 1 / r) / 2 - math.log(r) / 2))
         else:
             index = {c: i for i, c in enumerate(self.categories)}
             cat = np.array([index.get(str(v), index[OTHER]) for v in values])
             for det in self.detectors:
                 name, direction = det.name.rsplit(" ", 1)
                 i = index[name]
-                p0 = float(self._ref[i])
-                p1 = dict(self._alternatives(p0))[direction]
-                out.append(det.run(np.where(cat == i, math.log(p1 / p0), math.log((1 - p1) / (1 - p0)))))
+                p_in, p1 = self._alternatives(float(self._ref[i]))[direction]
+                out.append(det.run(np.where(cat == i, math.log(p1 / p_in), math.log((1 - p1) / (1 - p_in)))))
         return np.vstack(out)
 
     def _transitions(self, s: np.ndarray, offset: int) -> list[Transition]:

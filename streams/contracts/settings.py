@@ -155,7 +155,7 @@ class Settings:
     monitor_batch_ms: int = 200
     monitor_read_ahead: int = 0
     drift_reference_events: int = 1000  # the first N values of each model version's signal are its reference
-    drift_false_alarm_events: int = 200_000  # expected events between false drift alarms, whole monitor
+    drift_false_alarm_events: int = 500_000  # expected events between false drift alarms, whole monitor
     drift_stats_s: int = 5  # how often the monitor publishes drift.stats snapshots
     monitor_checkpoint_s: int = 10
     state_dir: str = "~/.cache/streamsense/state"  # local checkpoints too big for one Kafka message
@@ -203,7 +203,7 @@ class Settings:
             monitor_batch_ms=_env_int(env, "STREAMSENSE_MONITOR_BATCH_MS", 200, minimum=0),
             monitor_read_ahead=_env_int(env, "STREAMSENSE_MONITOR_READ_AHEAD", 0, minimum=0),
             drift_reference_events=_env_int(env, "STREAMSENSE_DRIFT_REFERENCE_EVENTS", 1000, minimum=20),
-            drift_false_alarm_events=_env_int(env, "STREAMSENSE_DRIFT_FALSE_ALARM_EVENTS", 200_000, minimum=100),
+            drift_false_alarm_events=_env_int(env, "STREAMSENSE_DRIFT_FALSE_ALARM_EVENTS", 500_000, minimum=100),
             drift_stats_s=_env_int(env, "STREAMSENSE_DRIFT_STATS_S", 5),
             monitor_checkpoint_s=_env_int(env, "STREAMSENSE_MONITOR_CHECKPOINT_S", 10),
             state_dir=env.get("STREAMSENSE_STATE_DIR") or "~/.cache/streamsense/state",

@@ -140,9 +140,12 @@ def record_metrics(
 def record_outputs(name: str, outputs: list[OutRecord]) -> None:
     for topic, n in Counter(o.topic for o in outputs).items():
         metrics.PRODUCED.labels(name, topic).inc(n)
+    delivered = now_ms()
     for o in outputs:
         if o.topic == topics.DEADLETTER:
             metrics.DEAD_LETTERS.labels(name, dict(o.headers).get("error", b"unknown").decode()).inc()
+        elif o.source is not None and o.source.timestamp_ms:
+            metrics.END_TO_END_LATENCY.labels(name).observe(max(0, delivered - o.source.timestamp_ms) / 1000)
 
 
 class ProcessorRunner:

@@ -1,4 +1,5 @@
-"""text.in → text worker → text.enriched → drift monitor → drift.events, drift.stats and /metrics, through a broker.
+"""text.in → text worker → text.enriched → drift monitor → drift.events, drift.stats and /metrics, through a broker,
+scraped by a real Prometheus server that evaluates the repository's alert rules.
 
 The monitor of a new group reads its topics from the beginning, so this module runs its own broker: the
 reference must be this test's stream, not the other tests' leftovers."""
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-import time
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from streams.contracts.schemas import parse_drift_event
 from streams.contracts.settings import Settings
 from streams.runtime.kafka_io import read_topic
 from tests.integration.harness import WorkerProcess, collect, produce, text_records
+from tests.integration.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.integration
 
@@ -84,13 +86,18 @@ def test_a_switch_to_negative_tweets_raises_sentiment_drift_and_none_before(own_
         delay = drift["events_since_reference"] - (len(mixed) - REFERENCE)
         assert 0 < delay <= 150, drift  # raised within 150 events of the switch
 
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = worker.metrics_text()
-            if 'streamsense_drift_alarm_level{model="sentiment",signal="label"} 2.0' in text:
-                break
-            time.sleep(0.5)
-        assert 'streamsense_drift_alarm_level{model="sentiment",signal="label"} 2.0' in text, text[-3000:]
-        assert 'streamsense_drift_score{model="sentiment",signal="label"}' in text
+        with PrometheusServer(tmp_path / "prometheus", [f"127.0.0.1:{worker.web_port}"]) as prometheus:
+            prometheus.wait_for('streamsense_drift_alarm_level{model="sentiment",signal="label"}',
+                                lambda r: r and float(r[0]["value"][1]) == 2)
+            score = prometheus.wait_for('streamsense_drift_score{model="sentiment",signal="label"}', bool)
+            assert float(score[0]["value"][1]) >= 1
+            p99 = prometheus.wait_for('histogram_quantile(0.99, sum by (le) '
+                                      '(streamsense_end_to_end_latency_seconds_bucket{processor="text"}))', bool)
+            assert 0 < float(p99[0]["value"][1]) < 60
+            alerts = prometheus.wait_for('ALERTS{alertname="StreamsenseDrift",alertstate="firing"}', bool)
+            assert alerts[0]["metric"]["signal"] == "label"
+        check = subprocess.run(["promtool", "check", "metrics"], input=worker.metrics_text().encode(),
+                               capture_output=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]

@@ -1,0 +1,48 @@
+"""The alerting rules in docker/prometheus/: valid (promtool check rules), behaving as intended (promtool test
+rules), and written against metrics the code exports. promtool comes with Debian's `prometheus` (make installs
+it like flite)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitoring import metrics
+
+RULES = Path(__file__).resolve().parents[2] / "docker" / "prometheus"
+
+
+def promtool(*args: str) -> str:
+    done = subprocess.run(["promtool", *args], cwd=RULES, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_rules_are_valid_and_their_unit_tests_pass() -> None:
+    assert "SUCCESS: 5 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS" in promtool("test", "rules", "alerts.test.yml")
+
+
+def exported_names() -> set[str]:
+    """Every series name the registry exposes, with the suffixes Prometheus adds (_total, _bucket, ...)."""
+    metrics.DRIFT_LEVEL.labels("m", "s").set(0)  # labelled families expose samples only once used
+    metrics.END_TO_END_LATENCY.labels("p").observe(0.1)
+    metrics.DEAD_LETTERS.labels("p", "e").inc(0)
+    metrics.CONSUMED.labels("p", "t").inc(0)
+    return {s.name for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples}
+
+
+def test_every_metric_a_rule_uses_is_exported() -> None:
+    text = (RULES / "alerts.yml").read_text()
+    used = set(re.findall(r"\b(streamsense_[a-z_]+)", text))
+    assert used and used <= exported_names(), used - exported_names()
+
+
+def test_the_exposition_passes_promtool_check_metrics() -> None:
+    exported_names()
+    done = subprocess.run(["promtool", "check", "metrics"], input=metrics.exposition(), capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
