@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 model_store.configure(Settings.from_env().model_dir)
 
 
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def embedded_broker(directory: Path) -> Iterator[str]:
+    """A Tansu broker on a free port with every topic created; yields its bootstrap address."""
     from streams.runtime.embedded import EmbeddedBroker
     from streams.runtime.kafka_io import ensure_topics
 
-    log = Path(tmp_path_factory.mktemp("broker")) / "tansu.log"
-    with EmbeddedBroker(log_path=log, tansu_bin=Settings.from_env().tansu_bin) as embedded:
+    with EmbeddedBroker(log_path=directory / "tansu.log", tansu_bin=Settings.from_env().tansu_bin) as embedded:
         ensure_topics(Settings(bootstrap=embedded.bootstrap), embedded.bootstrap)
         yield embedded.bootstrap
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with embedded_broker(Path(tmp_path_factory.mktemp("broker"))) as bootstrap:
+        yield bootstrap

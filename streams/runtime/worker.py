@@ -125,6 +125,9 @@ def progress_line(message: str) -> None:
     print(f"[streamsense] {message}", flush=True)
 
 
+TORCH_FREE = {"monitor"}  # a worker hosting only these never imports torch
+
+
 def torch_threads(settings: Settings) -> int:
     """The worker's one torch intra-op thread count (process-wide, so set once, here): the setting when given,
     else 1 whatever the processors: text runs spaCy NER on a second thread next to the sentiment model (each
@@ -136,9 +139,10 @@ def torch_threads(settings: Settings) -> int:
 def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress: Progress = progress_line
               ) -> faust.App:
     model_store.configure(settings.model_dir)  # before any builder loads a model
-    import torch
+    if set(names) - TORCH_FREE:
+        import torch
 
-    torch.set_num_threads(torch_threads(settings))
+        torch.set_num_threads(torch_threads(settings))
     created = ensure_topics(settings, bootstrap)
     if created:
         progress(f"created topics: {', '.join(created)}")

@@ -18,7 +18,7 @@ RULES = Path(__file__).resolve().parents[2] / "docker" / "prometheus" / "alerts.
 class PrometheusServer:
     def __init__(self, directory: Path, targets: list[str], scrape_s: float = 1.0) -> None:
         self.port = free_port()
-        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         config = directory / "prometheus.yml"
         config.write_text(json.dumps({  # JSON is YAML
             "global": {"scrape_interval": f"{scrape_s:g}s", "evaluation_interval": f"{scrape_s:g}s"},

@@ -20,6 +20,7 @@ from streams.contracts import topics
 from streams.contracts.schemas import parse_drift_event
 from streams.contracts.settings import Settings
 from streams.runtime.kafka_io import read_topic
+from tests.conftest import embedded_broker
 from tests.integration.harness import WorkerProcess, collect, produce, text_records
 from tests.integration.prometheus import PrometheusServer
 
@@ -30,13 +31,8 @@ REFERENCE = 200
 
 @pytest.fixture(scope="module")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from streams.runtime.embedded import EmbeddedBroker
-    from streams.runtime.kafka_io import ensure_topics
-
-    log = Path(tmp_path_factory.mktemp("monitor-broker")) / "tansu.log"
-    with EmbeddedBroker(log_path=log, tansu_bin=Settings.from_env().tansu_bin) as embedded:
-        ensure_topics(Settings(bootstrap=embedded.bootstrap), embedded.bootstrap)
-        yield embedded.bootstrap
+    with embedded_broker(Path(tmp_path_factory.mktemp("monitor-broker"))) as bootstrap:
+        yield bootstrap
 
 
 def tweets(n: int, only: str | None = None, seed: int = 0) -> list[str]:
