@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
@@ -14,7 +15,7 @@ from models import model_store
 from streams.contracts import topics
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import SchemaError, TextIn, encode, text_in_event
-from streams.contracts.settings import ConfigError, Settings
+from streams.contracts.settings import DEFAULT_BOOTSTRAP, ConfigError, Settings
 from streams.runtime.embedded import BrokerError, EmbeddedBroker
 from streams.runtime.kafka_io import (
     describe_topics,
@@ -238,6 +239,28 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- dashboard -------------------------------------------------------------------------------------------
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the drift dashboard until Ctrl-C; it retries the broker, so it may start before the pipeline."""
+    from streams.dashboard.server import Dashboard
+
+    settings = settings_from(args)
+    bootstrap = settings.bootstrap or DEFAULT_BOOTSTRAP
+    try:
+        dashboard = Dashboard(settings, bootstrap, args.worker, host=args.host, port=args.port).start()
+    except OSError as exc:
+        say(f"cannot serve the dashboard on {args.host}:{args.port}: {exc.strerror or exc}; pick another --port")
+        return 1
+    say(f"drift dashboard on {dashboard.url} (topics from {bootstrap}; workers: {', '.join(args.worker) or '-'})")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        dashboard.stop()
+    return 0
+
+
 # --- recommendations -------------------------------------------------------------------------------------
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -394,6 +417,13 @@ def parser() -> argparse.ArgumentParser:
     d = kafka(sub.add_parser("demo", help="broker + processors + sample events, then a summary"))
     d.add_argument("--timeout", type=float, default=300.0, help="give up after S seconds (default 300)")
     d.set_defaults(func=cmd_demo)
+
+    db = kafka(sub.add_parser("dashboard", help="serve the live drift dashboard (a process of its own)"))
+    db.add_argument("--port", type=int, default=8050, help="default %(default)s")
+    db.add_argument("--host", default="127.0.0.1", help="default %(default)s")
+    db.add_argument("--worker", action="append", default=[], metavar="URL",
+                    help="a worker's web address to scrape /metrics from (repeatable), e.g. http://127.0.0.1:6066")
+    db.set_defaults(func=cmd_dashboard)
 
     m = sub.add_parser("models", help="build or list the offline default models")
     m.add_argument("action", choices=["build", "list"])

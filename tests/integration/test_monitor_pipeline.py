@@ -1,5 +1,6 @@
 """text.in → text worker → text.enriched → drift monitor → drift.events, drift.stats and /metrics, through a broker,
-scraped by a real Prometheus server that evaluates the repository's alert rules.
+scraped by a real Prometheus server that evaluates the repository's alert rules, and shown by
+`streamsense dashboard` in headless Chromium.
 
 The monitor of a new group reads its topics from the beginning, so this module runs its own broker: the
 reference must be this test's stream, not the other tests' leftovers."""
@@ -7,10 +8,16 @@ reference must be this test's stream, not the other tests' leftovers."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import subprocess
-from collections.abc import Iterator
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,9 +26,11 @@ from models.tweets import load_tweets
 from streams.contracts import topics
 from streams.contracts.schemas import parse_drift_event
 from streams.contracts.settings import Settings
+from streams.runtime.embedded import free_port
 from streams.runtime.kafka_io import read_topic
 from tests.conftest import embedded_broker
-from tests.integration.harness import WorkerProcess, collect, produce, text_records
+from tests.integration.browser import console_errors, run_page, screenshot
+from tests.integration.harness import REPO, WorkerProcess, collect, produce, text_records
 from tests.integration.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.integration
@@ -55,6 +64,49 @@ def stats_of(bootstrap: str, model: str, signal: str, at_least: int, timeout_s: 
         pass
     assert found, f"no drift.stats snapshot of {model}/{signal} with {at_least} events after the reference"
     return found
+
+
+def check_dashboard(bootstrap: str, worker: WorkerProcess, tmp_path: Path) -> None:
+    """`streamsense dashboard` as its own process, its page in headless Chromium: loads without console errors,
+    draws the signals' charts with data and lists the drift episode; the worker's throughput is scraped."""
+    port = free_port()
+    log = open(tmp_path / "dashboard.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "dashboard", "--bootstrap", bootstrap,
+                             "--port", str(port), "--worker", f"http://127.0.0.1:{worker.web_port}"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        state = wait_json(f"{url}api/state", lambda s: s["signals"] and s["episodes"] and s["throughput"])
+        assert {"sentiment", "ner"} <= {s["model"] for s in state["signals"]}
+        dom, console = run_page(url)
+        assert console_errors(console) == [], console
+        status = re.search(r'id="status"[^>]*', dom)
+        assert status, dom[:2000]
+        attrs = dict(re.findall(r'data-(\w+)="(\d+)"', status.group(0)))
+        assert int(attrs["signals"]) >= 5 and int(attrs["points"]) > 5 and int(attrs["episodes"]) >= 1, attrs
+        assert int(attrs["charts"]) == int(attrs["signals"]) + len(state["throughput"]), attrs
+        assert dom.count("<canvas") >= int(attrs["charts"])
+        assert "label" in dom and "drift (#1)" in dom
+        if os.environ.get("STREAMSENSE_SCREENSHOT"):  # refreshes docs/dashboard.png
+            screenshot(url, Path(os.environ["STREAMSENSE_SCREENSHOT"]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def wait_json(url: str, ready: Callable[[Any], Any], timeout_s: float = 60.0) -> Any:
+    deadline, body = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                body = json.loads(resp.read())
+            if ready(body):
+                return body
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} not ready within {timeout_s} s; last: {str(body)[:2000]}")
 
 
 def test_a_switch_to_negative_tweets_raises_sentiment_drift_and_none_before(own_broker: str, tmp_path: Path
@@ -95,5 +147,6 @@ def test_a_switch_to_negative_tweets_raises_sentiment_drift_and_none_before(own_
         check = subprocess.run(["promtool", "check", "metrics"], input=worker.metrics_text().encode(),
                                capture_output=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
+        check_dashboard(own_broker, worker, tmp_path)
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
