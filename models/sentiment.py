@@ -33,7 +33,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
 from models.model_store import FINETUNED_MODEL, HEAD_MODEL, is_built, model_dir
-from models.text_types import SENTIMENT_LABELS, Sentiment
+from models.text_types import EMBEDDING_DIMS, SENTIMENT_LABELS, Sentiment
 
 MODEL_TYPE = "streamsense_minilm_meanpool"
 
@@ -84,7 +84,8 @@ class MeanPoolBertForSequenceClassification(BertPreTrainedModel):
         ).last_hidden_state
         logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        states = (hidden,) if kwargs.get("output_hidden_states") else None
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=states)
 
 
 def _register_auto_classes() -> None:
@@ -244,6 +245,14 @@ def quantize_linear(model: nn.Module) -> nn.Module:
     return quantized
 
 
+@functools.cache
+def embedding_projection(hidden_size: int) -> torch.Tensor:
+    """(hidden_size, EMBEDDING_DIMS), seeded: every worker and version projects the same way. Random projections
+    keep distances roughly (Johnson-Lindenstrauss), which is all the drift monitor's embedding signal needs."""
+    generator = torch.Generator().manual_seed(20261125)
+    return torch.randn(hidden_size, EMBEDDING_DIMS, generator=generator) / EMBEDDING_DIMS**0.5
+
+
 class TransformerSentiment:
     """SentimentModel over any sequence classifier; `.model`/`.tokenizer` are the fp32 originals."""
 
@@ -282,21 +291,32 @@ class TransformerSentiment:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """(n, 3) probabilities in SENTIMENT_LABELS order, rows in input order."""
+        return self._run(texts, embed=False)[0]
+
+    def _run(self, texts: Sequence[str], *, embed: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and (with ``embed``) the projected sentence embeddings: the mean over real tokens of
+        the last hidden layer, times a fixed random matrix (`embedding_projection`)."""
         out = np.zeros((len(texts), len(SENTIMENT_LABELS)), dtype=np.float32)
+        vectors = np.zeros((len(texts), EMBEDDING_DIMS), dtype=np.float32) if embed else None
         if not texts:
-            return out
+            return out, vectors
         with torch.inference_mode():
             for idx, input_ids, mask in length_sorted_batches(
                 self.tokenizer, texts, self.max_length, self.batch_size
             ):
-                logits = self._runner(input_ids=input_ids, attention_mask=mask).logits
-                out[idx] = (torch.softmax(logits.float(), dim=-1) @ self._fold).numpy()
-        return out
+                result = self._runner(input_ids=input_ids, attention_mask=mask, output_hidden_states=embed)
+                out[idx] = (torch.softmax(result.logits.float(), dim=-1) @ self._fold).numpy()
+                if vectors is not None and result.hidden_states:
+                    pooled = mean_pool(result.hidden_states[-1].float(), mask)
+                    vectors[idx] = (pooled @ embedding_projection(pooled.shape[-1])).numpy()
+        return out, vectors
 
     def predict(self, texts: Sequence[str]) -> list[Sentiment]:
-        probs = self.predict_proba(texts)
+        probs, vectors = self._run(texts, embed=True)
         best = probs.argmax(axis=1)
-        return [Sentiment(SENTIMENT_LABELS[b], float(p[b])) for b, p in zip(best, probs, strict=True)]
+        assert vectors is not None
+        return [Sentiment(SENTIMENT_LABELS[b], float(p[b]), tuple(float(x) for x in v))
+                for b, p, v in zip(best, probs, vectors, strict=True)]
 
 
 def _resolve(spec: str) -> Path | str:

@@ -11,15 +11,24 @@ from typing import Any, Protocol, runtime_checkable
 
 SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 ENTITY_LABELS: tuple[str, ...] = ("PER", "ORG", "LOC", "MISC")
+EMBEDDING_DIMS = 16
 
 
 @dataclass(frozen=True, slots=True)
 class Sentiment:
     label: str  # "positive" | "neutral" | "negative"
     score: float  # probability of `label`
+    # A fixed random projection of the encoder's sentence embedding (EMBEDDING_DIMS values), so the drift
+    # monitor can watch the input distribution without running the encoder again; () when the model has none.
+    embedding: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.embedding:
+            del out["embedding"]
+        else:
+            out["embedding"] = [round(x, 4) for x in self.embedding]
+        return out
 
 
 @dataclass(frozen=True, slots=True)

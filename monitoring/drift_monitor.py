@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from monitoring.embedding import EmbeddingReference
 from monitoring.signals import DriftConfig, Signal, Transition
 
 __all__ = ["Alarm", "DriftConfig", "DriftMonitor", "SignalKey"]
@@ -53,22 +56,32 @@ class DriftMonitor:
     def __init__(self, config: DriftConfig | None = None) -> None:
         self.config = config or DriftConfig()
         self.signals: dict[SignalKey, Signal] = {}
+        self.embeddings: dict[SignalKey, EmbeddingReference] = {}  # centroids of embedding signals
         self.versions: dict[tuple[str, str], str] = {}  # (model, signal) -> version being monitored
 
     def observe(self, model: str, version: str, signal: str, values: Sequence[Any], ts: Sequence[int],
                 kind: str | None = None) -> list[Alarm]:
         """Feed one signal's values (with their event timestamps, in order); returns the episode changes.
-        ``kind``: "scalar" or "categorical" (default: categorical when the first value is a string)."""
+        ``kind``: "scalar", "categorical" or "embedding" (default: categorical for strings, embedding for
+        vectors, else scalar)."""
         if not values:
             return []
         key = SignalKey(model, version, signal)
+        previous = self.versions.get((model, signal))
+        if previous is not None and previous != version:
+            self.signals.pop(SignalKey(model, previous, signal), None)
+            self.embeddings.pop(SignalKey(model, previous, signal), None)
+        self.versions[(model, signal)] = version
+        kind = kind or ("categorical" if isinstance(values[0], str) else
+                        "embedding" if isinstance(values[0], list | tuple) else "scalar")
+        if kind == "embedding":  # one scalar per vector: its distance from the reference's (embedding.py)
+            embedding = self.embeddings.setdefault(key, EmbeddingReference(self.config.reference_events))
+            distances, first = embedding.distances(np.asarray(values, dtype=np.float64))
+            values, ts, kind = distances.tolist(), ts[first:], "scalar"
+            if not values:
+                return []
         sig = self.signals.get(key)
         if sig is None:
-            previous = self.versions.get((model, signal))
-            if previous is not None and previous != version:
-                self.signals.pop(SignalKey(model, previous, signal), None)
-            self.versions[(model, signal)] = version
-            kind = kind or ("categorical" if isinstance(values[0], str) else "scalar")
             sig = self.signals[key] = Signal(kind, self.config, seed=zlib.crc32(repr(key).encode()))
         transitions, built = sig.observe(values, ts)
         if built:
@@ -102,11 +115,15 @@ class DriftMonitor:
     # --- checkpoints ----------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        return {"signals": [[k.model, k.version, k.signal, s.state()] for k, s in self.signals.items()]}
+        return {"signals": [[k.model, k.version, k.signal, s.state()] for k, s in self.signals.items()],
+                "embeddings": [[k.model, k.version, k.signal, e.state()] for k, e in self.embeddings.items()]}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.signals, self.versions = {}, {}
+        self.signals, self.embeddings, self.versions = {}, {}, {}
         for model, version, signal, s in state["signals"]:
             self.signals[SignalKey(model, version, signal)] = Signal.from_state(s, self.config)
+            self.versions[(model, signal)] = version
+        for model, version, signal, e in state.get("embeddings", []):
+            self.embeddings[SignalKey(model, version, signal)] = EmbeddingReference.from_state(e)
             self.versions[(model, signal)] = version
         self.split_budget()

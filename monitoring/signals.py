@@ -273,7 +273,7 @@ class Signal:
             "kind": self.kind, "seed": self.seed, "level": self.level, "episode": self.episode,
             "reference": self.reference.as_dict(), "since_reference": self.since_reference.as_dict(),
             "collected": list(self._collected), "categories": self.categories,
-            "ref": None if self._ref is None else _b64(self._ref),
+            "ref": None if self._ref is None else encode_array(self._ref),
             "window": list(self._window), "rng": self._rng.bit_generator.state,
             "detectors": [[d.name, d.s, d.since_zero] for d in self.detectors],
         }
@@ -286,7 +286,7 @@ class Signal:
         sig._collected, sig._window = list(state["collected"]), list(state["window"])
         if state["ref"] is not None:
             sig.categories = list(state["categories"])
-            sig._ref = _unb64(state["ref"])
+            sig._ref = decode_array(state["ref"])
             sig._make_detectors()
             for det, (name, s, since_zero) in zip(sig.detectors, state["detectors"], strict=True):
                 if det.name != name:
@@ -302,9 +302,10 @@ def _bernoulli_kl(p0: float, p1: float) -> float:
     return p0 * math.log(p0 / p1) + (1 - p0) * math.log((1 - p0) / (1 - p1))
 
 
-def _b64(a: np.ndarray) -> str:
+def encode_array(a: np.ndarray) -> str:
+    """float64 array → base64 text, exact (checkpoints must restore bit-identical references)."""
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f8").tobytes()).decode()
 
 
-def _unb64(s: str) -> np.ndarray:
+def decode_array(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype="<f8").copy()

@@ -2,8 +2,9 @@
 
 What it watches (each signal per model and model version; monitoring/drift_monitor.py does the statistics):
 
-* ``text.enriched``: sentiment label mix, sentiment confidence and text length (model "sentiment"); entities
-  per text and the entity-type mix (model "ner");
+* ``text.enriched``: sentiment label mix, sentiment confidence, text length and embedding drift (the distance
+  of the projected sentence embedding the sentiment model attaches from the reference centroid: the monitor
+  never runs the encoder itself) (model "sentiment"); entities per text and the entity-type mix (model "ner");
 * ``asr.transcripts`` (final segments): ``avg_logprob``, ``no_speech_prob``, speech rate (words/s), segment
   length and the detected-language mix (model "asr");
 * ``recs.responses``: the top score and the mean score of what is served (model "recs").
@@ -57,6 +58,11 @@ def text_signals(event: dict[str, Any]) -> list[Observation]:
         ("sentiment", s, "text_length", float(len(event["text"]))),
         ("ner", n, "entities_per_text", float(len(event["entities"]))),
     ]
+    embedding = event["sentiment"].get("embedding")
+    if embedding is not None:
+        if not (isinstance(embedding, list) and embedding and all(isinstance(x, int | float) for x in embedding)):
+            raise SchemaError("sentiment.embedding must be a non-empty array of numbers")
+        out.append(("sentiment", s, "embedding", embedding))
     out.extend(("ner", n, "entity_type", e["label"]) for e in event["entities"])
     return out
 

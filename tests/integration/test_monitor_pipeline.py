@@ -2,8 +2,8 @@
 scraped by a real Prometheus server that evaluates the repository's alert rules, and shown by
 `streamsense dashboard` in headless Chromium.
 
-The monitor of a new group reads its topics from the beginning, so this module runs its own broker: the
-reference must be this test's stream, not the other tests' leftovers."""
+The monitor of a new group reads its topics from the beginning, so each test runs its own broker: the
+reference must be the test's stream, not other tests' leftovers."""
 
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ pytestmark = pytest.mark.integration
 REFERENCE = 200
 
 
-@pytest.fixture(scope="module")
-def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with embedded_broker(Path(tmp_path_factory.mktemp("monitor-broker"))) as bootstrap:
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[str]:
+    """A broker of the test's own: a new monitor group reads its topics from the beginning."""
+    with embedded_broker(tmp_path) as bootstrap:
         yield bootstrap
 
 
@@ -148,5 +149,36 @@ def test_a_switch_to_negative_tweets_raises_sentiment_drift_and_none_before(own_
                                capture_output=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
         check_dashboard(own_broker, worker, tmp_path)
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def movie_lines(n: int) -> list[str]:
+    """Another domain, another vocabulary: catalogue lines of MovieLens titles and genres."""
+    from models.recs.movielens import load_movielens
+
+    items, _ = load_movielens(limit=1)
+    lines = [f"{i['title']} - {i['genres'].replace('|', ', ')}" for i in items if i["genres"]]
+    return random.Random(2).sample(lines, n)
+
+
+def test_a_switch_to_another_domain_raises_embedding_drift(own_broker: str, tmp_path: Path) -> None:
+    """The monitor never runs the encoder: it reads the projected sentence embedding in text.enriched."""
+    env = {"STREAMSENSE_DRIFT_REFERENCE_EVENTS": str(REFERENCE), "STREAMSENSE_DRIFT_STATS_S": "1"}
+    worker = WorkerProcess(own_broker, tmp_path, processors="text,monitor", env=env).start()
+    try:
+        worker.wait_ready(timeout_s=180)
+        tweets_in = tweets(500, seed=3)
+        produce(own_broker, text_records(tweets_in, prefix="tweet"))
+        collect(own_broker, topics.TEXT_ENRICHED, len(tweets_in), match="tweet-", worker=worker)
+        # the embedding signal's own reference starts after the REFERENCE vectors that fix the centroid
+        before = stats_of(own_broker, "sentiment", "embedding", len(tweets_in) - 2 * REFERENCE)
+        assert before["level"] == "none", before
+
+        produce(own_broker, text_records(movie_lines(300), prefix="movie"))
+        [drift] = collect(own_broker, topics.DRIFT_EVENTS, 1, match="embedding:1:drift", worker=worker,
+                          timeout_s=120)
+        delay = drift["events_since_reference"] - (len(tweets_in) - 2 * REFERENCE)
+        assert 0 < delay <= 150, drift
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]

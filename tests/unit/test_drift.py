@@ -114,3 +114,19 @@ def test_a_restored_monitor_continues_exactly_where_the_checkpoint_was() -> None
     assert [(x.event_id, x.transition.index) for x in a] == [(x.event_id, x.transition.index) for x in b]
     assert a and a[-1].transition.level == "drift"
     assert one.snapshot() == copy.snapshot()
+
+
+def test_embedding_drift_catches_a_shift_the_single_dimensions_would_dilute() -> None:
+    rng = np.random.default_rng(4)
+    m = DriftMonitor(DriftConfig(reference_events=500))
+    basis = rng.normal(size=(16, 16))
+    same = [list(v) for v in rng.normal(size=(4000, 16)) @ basis]
+    assert m.observe("sentiment", "v1", "embedding", same, list(range(4000))) == []
+    shift = np.full(16, 0.6) @ basis  # 0.6 sd along every latent dimension: ~1 sd more distance
+    moved = [list(v) for v in rng.normal(size=(1000, 16)) @ basis + shift]
+    alarms = m.observe("sentiment", "v1", "embedding", moved, list(range(4000, 5000)))
+    drift = [a for a in alarms if a.transition.level == "drift"]
+    assert drift and drift[0].ts - 4000 < 100, [(a.transition.level, a.ts) for a in alarms]
+    again = DriftMonitor(DriftConfig(reference_events=500))
+    again.restore(json.loads(json.dumps(m.state())))
+    assert again.snapshot() == m.snapshot() and again.embeddings.keys() == m.embeddings.keys()
