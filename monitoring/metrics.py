@@ -36,6 +36,18 @@ END_TO_END_LATENCY = Histogram(
     "From the input record's timestamp (when it was produced) to the broker's acknowledgement of its output",
     ["processor"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY,
 )
+MODEL_INFO = Gauge(
+    "streamsense_model_info", "The model version a processor serves (value 1; the labels are the information)",
+    ["processor", "model", "version"], registry=REGISTRY,
+)
+ASR_REAL_TIME_FACTOR = Histogram(
+    "streamsense_asr_real_time_factor", "Seconds of decoding per second of audio, per engine call (< 1: faster "
+    "than real time)", buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5), registry=REGISTRY,
+)
+RECS_HIT_RATE = Gauge(
+    "streamsense_recs_hit_rate", "Share of served recommendation lists with an item the user clicked within the "
+    "monitor's window (over the last 1,000 lists that were decided)", ["model"], registry=REGISTRY,
+)
 
 # --- the drift monitor (labels: model name and signal; the version is in streamsense_drift_reference_info) ---
 DRIFT_SCORE = Gauge(

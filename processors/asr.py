@@ -49,6 +49,7 @@ what could leave did (chunk headers and the state layout are contracts in stream
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,6 +59,7 @@ import numpy as np
 from models.asr_engine import Transcription, Word
 from models.audio import AudioError, decode_chunk
 from models.speech_segmenter import SAMPLE_RATE, EnergyVAD, Segment, StreamBuffer, VADConfig
+from monitoring import metrics
 from streams.contracts import topics
 from streams.contracts.asr_state import StreamCheckpoint, checkpoint_size_bound, decode_checkpoint, encode_checkpoint
 from streams.contracts.audio_chunks import MAX_STREAM_ID, BadChunk, parse_meta
@@ -337,8 +339,12 @@ class AsrProcessor:
         segments = [p.segment.samples for p in (*pending, *partials)]
         wants = [self._wants_words(p.state) for p in pending] + [False] * len(partials)
         # only pass the flags when some stream wants words, so simpler Transcribers keep working
+        started = time.perf_counter()
         results = self.engine.transcribe(segments, word_timestamps=wants) if any(wants) else \
             self.engine.transcribe(segments)
+        audio_s = sum(len(x) for x in segments) / SAMPLE_RATE
+        if audio_s > 0:
+            metrics.ASR_REAL_TIME_FACTOR.observe((time.perf_counter() - started) / audio_s)
         outputs: list[OutRecord] = []
         for p, result in zip(pending, results[: len(pending)], strict=True):
             state = p.state

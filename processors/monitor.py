@@ -7,7 +7,10 @@ What it watches (each signal per model and model version; monitoring/drift_monit
   never runs the encoder itself) (model "sentiment"); entities per text and the entity-type mix (model "ner");
 * ``asr.transcripts`` (final segments): ``avg_logprob``, ``no_speech_prob``, speech rate (words/s), segment
   length and the detected-language mix (model "asr");
-* ``recs.responses``: the top score and the mean score of what is served (model "recs").
+* ``recs.responses``: the top score and the mean score of what is served, and with ``clicks`` the **hit**
+  signal: whether the user clicked an item of a served list within ``hit_window_s`` (monitoring/hit_rate.py;
+  categorical hit/miss, plus the ``streamsense_recs_hit_rate`` gauge over the last 1,000 decided lists)
+  (model "recs").
 
 Outputs: ``drift.events`` on each episode change (deterministic ids), ``drift.stats`` snapshots every
 ``stats_s`` (tick), and the ``streamsense_drift_*`` gauges. Capabilities: Ticking, Checkpointed (the whole
@@ -23,15 +26,17 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any
 
 from monitoring import metrics
 from monitoring.drift_monitor import Alarm, DriftConfig, DriftMonitor
+from monitoring.hit_rate import HitTracker
 from streams.contracts import topics
 from streams.contracts.deadletter import dead_letter
 from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.recs_events import BadInput, parse_click
 from streams.contracts.schemas import (
     SchemaError,
     decode_json_object,
@@ -45,7 +50,7 @@ from streams.contracts.state import TP, Checkpoint
 
 Observation = tuple[str, str, str, Any]  # model, version, signal, value
 
-MONITORED = (topics.TEXT_ENRICHED, topics.ASR_TRANSCRIPTS, topics.RECS_RESPONSES)
+MONITORED = (topics.TEXT_ENRICHED, topics.ASR_TRANSCRIPTS, topics.RECS_RESPONSES, topics.CLICKS)
 STATE_KEY = "monitor"
 
 
@@ -113,8 +118,11 @@ class MonitorProcessor:
     tick_s = 1.0
 
     def __init__(self, config: DriftConfig | None = None, *, batch_size: int = 500, batch_ms: int = 200,
-                 read_ahead: int = 0, stats_s: float = 5.0, checkpoint_s: float = 10.0) -> None:
+                 read_ahead: int = 0, stats_s: float = 5.0, checkpoint_s: float = 10.0,
+                 hit_window_s: float = 600.0) -> None:
         self.monitor = DriftMonitor(config)
+        self.hits = HitTracker(int(hit_window_s * 1000))
+        self.hit_history: deque[int] = deque(maxlen=1000)  # 1 hit, 0 miss: the streamsense_recs_hit_rate gauge
         self.batch_size, self.batch_ms, self.read_ahead = batch_size, batch_ms, read_ahead
         self.stats_ms, self.checkpoint_ms = int(stats_s * 1000), int(checkpoint_s * 1000)
         self.offsets: dict[TP, int] = {}
@@ -127,21 +135,37 @@ class MonitorProcessor:
         for r in records:
             self.offsets[(r.topic, r.partition)] = max(r.offset, self.offsets.get((r.topic, r.partition), -1))
             try:
-                event = decode_json_object(r.value)
-                observations = EXTRACTORS[r.topic](event)
-            except SchemaError as exc:
-                outputs.append(dead_letter(r, processor=self.name, reason=str(exc), error="SchemaError"))
+                ts, observations = self._observations(r)
+            except (SchemaError, BadInput) as exc:
+                outputs.append(dead_letter(r, processor=self.name, reason=str(exc), error=type(exc).__name__))
                 continue
-            ts = event["ts"] if isinstance(event.get("ts"), int) else (r.timestamp_ms or now_ms())
+            observations += [("recs", model, "hit", outcome) for model, outcome, _ in self.hits.expire(ts)]
             for model, version, signal, value in observations:
                 values, stamps = groups[(model, version, signal)]
                 values.append(value)
                 stamps.append(ts)
+                if signal == "hit":
+                    self.hit_history.append(value == "hit")
         for (model, version, signal), (values, stamps) in groups.items():
             for alarm in self.monitor.observe(model, version, signal, values, stamps):
                 outputs.append(self._drift_record(alarm))
         self._changed = self._changed or bool(records)
         return outputs
+
+    def _observations(self, r: RawRecord) -> tuple[int, list[Observation]]:
+        """The event time and the signal values one record carries (hits and clicks: HitTracker)."""
+        if r.topic == topics.CLICKS:
+            click = parse_click(r)
+            ts = click.ts or r.timestamp_ms or now_ms()
+            return ts, [("recs", model, "hit", outcome) for model, outcome, _ in
+                        self.hits.clicked(click.user_id, click.item_id, ts=ts)]
+        event = decode_json_object(r.value)
+        observations = EXTRACTORS[r.topic](event)
+        ts = event["ts"] if isinstance(event.get("ts"), int) else (r.timestamp_ms or now_ms())
+        if r.topic == topics.RECS_RESPONSES and isinstance(event.get("user_id"), str | int):
+            self.hits.served(str(event["user_id"]), [str(i.get("item_id")) for i in event["items"]], ts=ts,
+                             model=str(event["model"]))
+        return ts, observations
 
     def _drift_record(self, alarm: Alarm) -> OutRecord:
         t, key = alarm.transition, alarm.key
@@ -159,6 +183,9 @@ class MonitorProcessor:
         if now_ms - self._stats_at < self.stats_ms:
             return []
         self._stats_at = now_ms
+        if self.hit_history:
+            model = next((k.version for k in self.monitor.signals if k.signal == "hit"), "unknown")
+            metrics.RECS_HIT_RATE.labels(model).set(sum(self.hit_history) / len(self.hit_history))
         out = []
         for snap in self.monitor.snapshot():
             model, signal = snap["model"], snap["signal"]
@@ -177,13 +204,17 @@ class MonitorProcessor:
         if not self._changed or now_ms - self._checkpoint_at < self.checkpoint_ms:
             return []
         self._checkpoint_at, self._changed = now_ms, False
-        data = zlib.compress(json.dumps(self.monitor.state(), separators=(",", ":")).encode())
+        state = {**self.monitor.state(), "hits": self.hits.state()}
+        data = zlib.compress(json.dumps(state, separators=(",", ":")).encode())
         return [Checkpoint(STATE_KEY, data, dict(self.offsets))]
 
     def restore(self, checkpoints: Sequence[Checkpoint]) -> None:
         for cp in checkpoints:
             if cp.key == STATE_KEY:
-                self.monitor.restore(json.loads(zlib.decompress(cp.data)))
+                state = json.loads(zlib.decompress(cp.data))
+                self.monitor.restore(state)
+                if "hits" in state:
+                    self.hits = HitTracker.from_state(state["hits"])
                 self.offsets = dict(cp.offsets)
 
     def replay(self, records: Sequence[RawRecord]) -> None:

@@ -157,6 +157,7 @@ class Settings:
     drift_reference_events: int = 1000  # the first N values of each model version's signal are its reference
     drift_false_alarm_events: int = 500_000  # expected events between false drift alarms, whole monitor
     drift_stats_s: int = 5  # how often the monitor publishes drift.stats snapshots
+    drift_hit_window_s: int = 600  # a served recommendation list is a hit if its user clicks one of it within this
     monitor_checkpoint_s: int = 10
     state_dir: str = "~/.cache/streamsense/state"  # local checkpoints too big for one Kafka message
     model_dir: str = DEFAULT_MODEL_DIR  # built models and converted whisper checkpoints (models.model_store)
@@ -205,6 +206,7 @@ class Settings:
             drift_reference_events=_env_int(env, "STREAMSENSE_DRIFT_REFERENCE_EVENTS", 1000, minimum=20),
             drift_false_alarm_events=_env_int(env, "STREAMSENSE_DRIFT_FALSE_ALARM_EVENTS", 500_000, minimum=100),
             drift_stats_s=_env_int(env, "STREAMSENSE_DRIFT_STATS_S", 5),
+            drift_hit_window_s=_env_int(env, "STREAMSENSE_DRIFT_HIT_WINDOW_S", 600),
             monitor_checkpoint_s=_env_int(env, "STREAMSENSE_MONITOR_CHECKPOINT_S", 10),
             state_dir=env.get("STREAMSENSE_STATE_DIR") or "~/.cache/streamsense/state",
             model_dir=env.get("STREAMSENSE_MODEL_DIR") or DEFAULT_MODEL_DIR,

@@ -180,6 +180,8 @@ class ProcessorRunner:
         self.pipeline = OrderedPipeline(self.pool, self.delivery.deliver, depth=processor.read_ahead,
                                         on_broken=on_broken)
         self.busy_since: float | None = None  # monotonic start of the work on the model thread, for /health
+        self._published: dict[str, str] = {}
+        self.publish_model_info()
         self.ticks_paused = False  # during a rebalance: a tick must not touch state that is changing hands
 
     @property
@@ -252,9 +254,21 @@ class ProcessorRunner:
             raise TypeError(f"processor {processor.name!r} does not declare the hot-swap capability")
         started = time.perf_counter()
         serving = await self.call(lambda: processor.load_model(model, version))
+        self.publish_model_info()
         log.info("%s: now serving %s for %s (swapped in %.1f s)", processor.name, serving, model,
                  time.perf_counter() - started)
         return str(serving)
+
+    def publish_model_info(self) -> None:
+        """``streamsense_model_info{processor,model,version} 1`` for what a hot-swappable processor serves."""
+        if not isinstance(self.processor, HotSwappable):
+            return
+        for model, version in self.processor.model_versions().items():
+            old = self._published.get(model)
+            if old is not None and old != version:
+                metrics.MODEL_INFO.remove(self.processor.name, model, old)
+            metrics.MODEL_INFO.labels(self.processor.name, model, version).set(1)
+            self._published[model] = version
 
     def _on_model_thread(self, fn: Callable[..., list[OutRecord]], *args: Any) -> list[OutRecord]:
         self.busy_since = time.monotonic()

@@ -102,7 +102,7 @@ def build_monitor(settings: Settings, progress: Progress) -> Processor:
              f"one false drift alarm per {config.expected_events_between_false_alarms:,.0f} events expected")
     return MonitorProcessor(config, batch_size=settings.monitor_batch_size, batch_ms=settings.monitor_batch_ms,
                             read_ahead=settings.monitor_read_ahead, stats_s=settings.drift_stats_s,
-                            checkpoint_s=settings.monitor_checkpoint_s)
+                            checkpoint_s=settings.monitor_checkpoint_s, hit_window_s=settings.drift_hit_window_s)
 
 
 BUILDERS: dict[str, Callable[[Settings, Progress], Processor]] = {

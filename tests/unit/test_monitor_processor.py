@@ -123,3 +123,46 @@ def test_a_restart_from_checkpoint_and_replay_neither_forgets_nor_reraises_an_ep
     n = restart(third, older, InProcessWorker(third).store, inputs=inputs,
                 committed={(topics.TEXT_ENRICHED, 0): 2600})
     assert n > 0 and third.monitor.snapshot() == first.processor.monitor.snapshot()
+
+
+def response(i: int, user: str, items: list[str], ts: int) -> RawRecord:
+    value = encode({"id": f"r{i}", "ts": ts, "schema": "recs.responses/1", "user_id": user, "model": "mf@1",
+                    "items": [{"item_id": it, "score": 0.5} for it in items]})
+    return RawRecord(topics.RECS_RESPONSES, 0, i, f"r{i}".encode(), value, ts)
+
+
+def click(i: int, user: str, item: str, ts: int) -> RawRecord:
+    value = encode({"id": f"c{i}", "user_id": user, "item_id": item, "event": "click", "ts": ts})
+    return RawRecord(topics.CLICKS, 0, i, user.encode(), value, ts)
+
+
+def test_served_lists_become_hits_when_clicked_in_the_window_and_misses_after_it() -> None:
+    worker = InProcessWorker(MonitorProcessor(DriftConfig(reference_events=50), stats_s=0.0, hit_window_s=10.0))
+    served = [response(i, f"u{i}", ["a", "b"], ts=1_000 * i) for i in range(40)]
+    clicks = [click(i, f"u{i}", "b", ts=1_000 * i + 500) for i in range(0, 40, 2)]  # every second user
+    late = [click(100 + i, f"u{i}", "a", ts=1_000 * i + 20_000) for i in range(1, 40, 2)]  # after the window
+    out = worker.run(sorted(served + clicks + late, key=lambda r: r.timestamp_ms))
+    assert [o for o in out if o.topic == topics.DEADLETTER] == []
+    hits = worker.processor.monitor.signals
+    key = next(k for k in hits if k.signal == "hit")
+    assert (key.model, key.version) == ("recs", "mf@1")
+    worker.tick()
+    rate = metrics.RECS_HIT_RATE.labels("mf@1")._value.get()
+    assert 0.45 <= rate <= 0.55, rate  # 20 hits, ~20 misses decided so far
+    bad = worker.run([click(999, "u1", "", ts=1)])
+    assert json.loads(bad[0].value)["error"] == "BadInput"
+
+
+def test_the_hit_tracker_decides_each_list_once_and_survives_a_checkpoint() -> None:
+    from monitoring.hit_rate import HitTracker
+
+    t = HitTracker(window_ms=100, max_pending=3)
+    t.served("u", ["x"], ts=0, model="m")
+    assert t.clicked("u", "x", ts=50) == [("m", "hit", 0)]
+    assert t.clicked("u", "x", ts=60) == []  # already decided
+    for i in range(4):
+        t.served("v", ["y"], ts=10 + i, model="m")
+    assert t.dropped == 1  # the undecided oldest one beyond max_pending
+    again = HitTracker.from_state(json.loads(json.dumps(t.state())), max_pending=3)
+    assert again.expire(now_ts=1_000) == t.expire(now_ts=1_000) == [("m", "miss", 11), ("m", "miss", 12),
+                                                                    ("m", "miss", 13)]

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from models.text_types import Entity, Sentiment
+from monitoring import metrics
 from processors.base import ContractError, capabilities, validate
 from processors.text import TextEnrichmentProcessor
 from streams.contracts import topics
@@ -157,6 +158,9 @@ def test_hot_swap_happens_between_batches_and_the_next_output_names_the_new_vers
     after = worker.run([text_rec(1)])
     assert json.loads(before[0].value)["models"]["sentiment"] == "kw@1"
     assert json.loads(after[0].value)["models"]["sentiment"] == "sentiment-minilm-head@v2"
+    info = metrics.exposition().decode()
+    assert 'streamsense_model_info{model="sentiment",processor="text",version="sentiment-minilm-head@v2"} 1.0' in info
+    assert 'model="sentiment",processor="text",version="kw@1"' not in info  # the replaced one is gone
     assert loads[0][0].startswith("text-model")  # loaded on the processor's model thread, not the event loop
     with pytest.raises(FileNotFoundError):
         worker.swap("sentiment", "broken")
