@@ -34,3 +34,11 @@ def embedded_broker(directory: Path) -> Iterator[str]:
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with embedded_broker(Path(tmp_path_factory.mktemp("broker"))) as bootstrap:
         yield bootstrap
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[str]:
+    """A broker of the test's own, for tests whose new consumer groups must not read other tests' history
+    (a new group starts at the beginning of its topics)."""
+    with embedded_broker(tmp_path) as bootstrap:
+        yield bootstrap

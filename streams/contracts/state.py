@@ -1,12 +1,12 @@
-"""State topics (asr.state, recs.state): one record format for every processor's checkpoints.
+"""State topics (asr.state, recs.state, monitor.state): one record format for every processor's checkpoints.
 
-A record is ``4-byte big-endian header length | JSON header | inline data``. The header carries the
-checkpoint's key, the input offsets its state includes (last applied offset per topic/partition), small
-metadata, and where the data lives: ``inline`` (after the header: state that fits one Kafka message, e.g. an
-ASR stream's buffered audio) or ``file`` (a local file, for state far over the message limit such as the
-recommender; the record then holds its path, size and sha256). Marker records (key starts with
-``MARKER_PREFIX``) let a reader stop at "everything written before now" without end offsets, which the
-embedded broker reports wrongly.
+A record is ``4-byte big-endian header length | JSON header | inline data``; its Kafka key is ``<app
+id>/<checkpoint key>`` (`state_key`). The header carries the app id, the checkpoint's key, the input offsets
+its state includes (last applied offset per topic/partition), small metadata, and where the data lives:
+``inline`` (after the header: state that fits one Kafka message, e.g. an ASR stream's buffered audio) or
+``file`` (a local file, for state far over the message limit such as the recommender; the record then holds
+its path, size and sha256). Marker records (key starts with ``MARKER_PREFIX``) let a reader stop at
+"everything written before now" without end offsets, which the embedded broker reports wrongly.
 """
 
 from __future__ import annotations
@@ -48,17 +48,19 @@ class StateRecord:
     offsets: dict[TP, int]
     meta: dict[str, Any]
     location: str  # "inline" | "file"
+    app: str | None = None  # None: a record written before state keys were scoped by app
     data: bytes = b""
     path: str | None = None
     size: int = 0
     sha256: str | None = None
 
 
-def encode_state_record(cp: Checkpoint, *, path: str | None = None, sha256: str | None = None,
+def encode_state_record(cp: Checkpoint, *, app: str, path: str | None = None, sha256: str | None = None,
                         size: int | None = None) -> bytes:
     """Inline record for ``cp``; with ``path``, a pointer record to a file holding ``cp.data``."""
     header = {
         "v": STATE_RECORD_VERSION,
+        "app": app,
         "key": cp.key,
         "offsets": [[t, p, o] for (t, p), o in sorted(cp.offsets.items())],
         "meta": dict(cp.meta),
@@ -82,6 +84,7 @@ def decode_state_record(raw: bytes) -> StateRecord:
             offsets={(t, int(p)): int(o) for t, p, o in header["offsets"]},
             meta=header.get("meta", {}),
             location=header["location"],
+            app=header.get("app"),
             data=raw[4 + n :],
             path=header.get("path"),
             size=int(header.get("size", 0)),
@@ -95,3 +98,10 @@ def decode_state_record(raw: bytes) -> StateRecord:
 
 def marker_key(app_id: str) -> bytes:
     return MARKER_PREFIX + app_id.encode()
+
+
+def state_key(app_id: str, key: str) -> bytes:
+    """The Kafka key of a checkpoint: ``<app id>/<checkpoint key>``. Scoped by app, because two deployments
+    (app ids) share a cluster's state topic: with bare keys, compaction would keep only one app's state for a
+    stream id both see, and each app would restore the other's streams."""
+    return f"{app_id}/{key}".encode()

@@ -47,7 +47,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(ASR_TRANSCRIPTS, "timed transcript segments; key = stream id"),
     TopicSpec(
         ASR_STATE,
-        "open ASR stream state (buffered audio, next seq); key = stream id (latest per key is kept)",
+        "open ASR stream state (buffered audio, next seq); key = app id/stream id (latest per key is kept)",
         partitions=1,
         config={"cleanup.policy": "compact"},
     ),
@@ -61,7 +61,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(RECS_RESPONSES, "recommendations answering recs.requests; key = request id"),
     TopicSpec(
         RECS_STATE,
-        "recommender checkpoint metadata (file, version, offsets); key = app id (latest per key is kept)",
+        "recommender checkpoint metadata (file, version, offsets); key = app id/app id (latest per key is kept)",
         partitions=1,
         config={"cleanup.policy": "compact"},
     ),
@@ -75,7 +75,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         MONITOR_STATE,
-        "drift monitor checkpoint (references, detector statistics, offsets); key = monitor (latest is kept)",
+        "drift monitor checkpoint (references, detectors, offsets); key = app id/monitor (latest is kept)",
         partitions=1,
         config={"cleanup.policy": "compact"},
     ),

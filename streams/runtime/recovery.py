@@ -176,7 +176,9 @@ def restore_from_kafka(processor: Checkpointed, store: StateStore, settings: Set
     if partitions is not None:
         checkpoints = [cp for cp in checkpoints if partitions & cp.offsets.keys()]
         where = f" of {' '.join(f'{t}[{p}]' for t, p in sorted(partitions))}"
-    progress(f"{store.processor}: restored {len(checkpoints)} checkpoint(s){where} from {processor.state_topic}")
+    keys = ", ".join(cp.key for cp in checkpoints[:5]) + (", ..." if len(checkpoints) > 5 else "")
+    progress(f"{store.processor}: restored {len(checkpoints)} checkpoint(s){where} from {processor.state_topic}"
+             + (f" ({keys})" if keys else ""))
 
     def committed() -> dict[TP, int]:
         offsets = kafka_committed_offsets(settings, bootstrap, processor.replay_topics)

@@ -11,9 +11,11 @@ outputs of the same batch. Two kinds, declared by the processor:
   production). The two newest files per key are kept: a crash between writing a file and delivering its record
   leaves the topic pointing at the previous file, which is still there.
 
-`load` is the inverse: the latest record per key (the reader stops at a marker, never at end offsets) back to
-Checkpoints. An unreadable record or a missing/corrupt file is skipped with a warning that says what the
-processor loses; the runtime then replays that state's inputs from the start of what retention kept.
+`load` is the inverse: this app's latest record per key (the reader stops at a marker, never at end offsets)
+back to Checkpoints; record keys are ``<app id>/<key>`` (streams/contracts/state.py: state_key), so
+deployments sharing a cluster never restore, or compact away, each other's state. An unreadable record or a
+missing/corrupt file is skipped with a warning that says what the processor loses; the runtime then replays
+that state's inputs from the start of what retention kept.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from streams.contracts.state import (
     StateError,
     decode_state_record,
     encode_state_record,
+    state_key,
 )
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class StateStore:
         self.topic = topic
         self.kind = kind
         self.processor = processor
+        self.app_id = app_id
         self.directory = Path(os.path.expanduser(str(state_dir))) / app_id / processor
 
     KEEP_FILES = 2
@@ -68,19 +72,21 @@ class StateStore:
         out = []
         for cp in checkpoints:
             if self.kind == "topic":
-                value = encode_state_record(cp)
+                value = encode_state_record(cp, app=self.app_id)
             else:
                 sha256 = hashlib.sha256(cp.data).hexdigest()
                 path = self._write(cp.key, cp.data, sha256)
-                value = encode_state_record(cp, path=str(path), sha256=sha256)
-            out.append(OutRecord(self.topic, cp.key.encode(), value))
+                value = encode_state_record(cp, app=self.app_id, path=str(path), sha256=sha256)
+            out.append(OutRecord(self.topic, state_key(self.app_id, cp.key), value))
         return out
 
     def load(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> list[Checkpoint]:
-        """The latest checkpoint per key from (key, value) pairs in topic order; markers are skipped."""
+        """This app's latest checkpoint per key from (key, value) pairs in topic order; markers and other
+        apps' records are skipped."""
+        mine = state_key(self.app_id, "")
         latest: dict[bytes, bytes | None] = {}
         for key, value in records:
-            if key is None or key.startswith(MARKER_PREFIX):
+            if key is None or key.startswith(MARKER_PREFIX) or not key.startswith(mine):
                 continue
             latest[key] = value  # a tombstone (None) deletes the key's state
         out = []
@@ -91,7 +97,7 @@ class StateStore:
                 out.append(self._checkpoint(value))
             except StateError as exc:
                 log.warning("%s: ignoring state %r: %s; its inputs are replayed from the beginning",
-                            self.processor, key.decode("utf-8", "replace"), exc)
+                            self.processor, key[len(mine):].decode("utf-8", "replace"), exc)
         return out
 
     def _checkpoint(self, value: bytes) -> Checkpoint:

@@ -7,13 +7,22 @@ import json
 from collections.abc import Iterable
 
 from streams.contracts import topics
-from streams.contracts.records import OutRecord
+from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import encode, text_in_event
 from streams.contracts.settings import Settings
+from streams.contracts.state import MARKER_PREFIX, decode_state_record
 from streams.runtime.kafka_io import make_producer, read_topic, send_all
 from streams.runtime.launcher import REPO, WorkerProcess
 
-__all__ = ["REPO", "WorkerProcess", "collect", "produce", "text_records"]
+__all__ = ["REPO", "WorkerProcess", "checkpoint_key", "collect", "produce", "text_records"]
+
+
+def checkpoint_key(record: RawRecord) -> str:
+    """The checkpoint key (e.g. the stream id) of a state-topic record; "" for markers and tombstones. The
+    record's Kafka key is <app id>/<checkpoint key> (streams/contracts/state.py)."""
+    if not record.value or (record.key or b"").startswith(MARKER_PREFIX):
+        return ""
+    return decode_state_record(record.value).key
 
 
 def produce(bootstrap: str, records: Iterable[OutRecord]) -> int:

@@ -19,9 +19,9 @@ from streams.contracts.asr_state import StreamCheckpoint, decode_checkpoint
 from streams.contracts.audio_chunks import chunk_headers
 from streams.contracts.records import OutRecord
 from streams.contracts.settings import Settings
-from streams.contracts.state import decode_state_record
+from streams.contracts.state import decode_state_record, state_key
 from streams.runtime.kafka_io import read_topic
-from tests.integration.harness import WorkerProcess, collect, produce
+from tests.integration.harness import WorkerProcess, checkpoint_key, collect, produce
 
 pytestmark = pytest.mark.integration  # flite is required (make installs it): no skip when it is missing
 
@@ -58,8 +58,8 @@ def test_kill_9_mid_stream_then_restart_loses_and_repeats_no_segment(broker: str
         # kill only once the batch holding the open second utterance is checkpointed (and so delivered)
         checkpointed = [r for r in read_topic(
             Settings(bootstrap=broker), broker, topics.ASR_STATE, timeout_s=60,
-            stop=lambda r: r.key == sid.encode() and stream_state(r.value).next_seq == cut,
-        ) if r.key == sid.encode()]
+            stop=lambda r: r.key == state_key(app_id, sid) and stream_state(r.value).next_seq == cut,
+        ) if r.key == state_key(app_id, sid)]
         last = stream_state(checkpointed[-1].value)
         assert last.next_seq == cut and last.next_index == 1 and last.tail.size > 0, first.log()[-2000:]
     finally:
@@ -133,7 +133,7 @@ def checkpointed(broker: str, upto: dict[str, int], timeout_s: float = 90.0,
     done: set[str] = set()
 
     def stop(r) -> bool:
-        sid = (r.key or b"").decode("utf-8", "replace")
+        sid = checkpoint_key(r)
         if sid in upto and stream_state(r.value).next_seq >= upto[sid]:
             done.add(sid)
         return done == set(upto)
@@ -143,9 +143,10 @@ def checkpointed(broker: str, upto: dict[str, int], timeout_s: float = 90.0,
     assert done == set(upto), (sorted(set(upto) - done), *(w.log()[-2000:] for w in workers))
 
 
-def test_two_workers_split_the_streams_and_a_killed_ones_streams_move_to_the_other(broker: str, clip: Path,
+def test_two_workers_split_the_streams_and_a_killed_ones_streams_move_to_the_other(own_broker: str, clip: Path,
                                                                                     tmp_path: Path) -> None:
-    """Every open stream is mid-utterance at each hand-over: when B joins A's group (a rebalance gives B half of
+    """On a broker of its own (a new group would also transcribe every stream other tests left on audio.chunks).
+    Every open stream is mid-utterance at each hand-over: when B joins A's group (a rebalance gives B half of
     the partitions; B restores their streams from what A checkpointed) and when B is SIGKILLed (A restores them
     from what B checkpointed). Every utterance's final arrives exactly once, and the text is right."""
     partitions = Settings().partitions
@@ -157,24 +158,24 @@ def test_two_workers_split_the_streams_and_a_killed_ones_streams_move_to_the_oth
     cuts = [int(per_utterance * 1.5), int(per_utterance * 2.5)]  # inside the 2nd and the 3rd utterance
     app_id = f"asr-handover-{uuid.uuid4().hex[:6]}"
     env = {"STREAMSENSE_ASR_IDLE_TIMEOUT_S": "600"}  # pauses between phases must not end a segment early
-    a = WorkerProcess(broker, tmp_path, processors="asr", app_id=app_id, env=env).start()
-    b = WorkerProcess(broker, tmp_path, processors="asr", app_id=app_id, env=env)
+    a = WorkerProcess(own_broker, tmp_path, processors="asr", app_id=app_id, env=env).start()
+    b = WorkerProcess(own_broker, tmp_path, processors="asr", app_id=app_id, env=env)
     try:
         a.wait_ready(timeout_s=120)
-        produce(broker, [c for sid in sids for c in chunks[sid][: cuts[0]]])
-        checkpointed(broker, {sid: cuts[0] for sid in sids}, workers=(a,))
+        produce(own_broker, [c for sid in sids for c in chunks[sid][: cuts[0]]])
+        checkpointed(own_broker, {sid: cuts[0] for sid in sids}, workers=(a,))
 
         held_by_b = b.start().wait_ready(timeout_s=120)["partitions"]
         moved = [sid for p, sid in enumerate(sids) if f"{topics.AUDIO_CHUNKS}[{p}]" in held_by_b]
         assert 0 < len(moved) < partitions, held_by_b
         assert f"asr: restored {len(moved)} checkpoint(s) of" in b.log(), b.log()[-2000:]
-        produce(broker, [c for sid in sids for c in chunks[sid][cuts[0] : cuts[1]]])
-        checkpointed(broker, {sid: cuts[1] for sid in sids}, workers=(a, b))
+        produce(own_broker, [c for sid in sids for c in chunks[sid][cuts[0] : cuts[1]]])
+        checkpointed(own_broker, {sid: cuts[1] for sid in sids}, workers=(a, b))
 
         b.kill()  # A gets B's partitions after the session timeout and restores B's streams
-        produce(broker, [c for sid in sids for c in chunks[sid][cuts[1] :]])
-        transcripts_of(broker, {sid: 3 for sid in sids}, timeout_s=120)
-        finals = [json.loads(r.value) for r in read_topic(Settings(bootstrap=broker), broker,
+        produce(own_broker, [c for sid in sids for c in chunks[sid][cuts[1] :]])
+        transcripts_of(own_broker, {sid: 3 for sid in sids}, timeout_s=120)
+        finals = [json.loads(r.value) for r in read_topic(Settings(bootstrap=own_broker), own_broker,
                                                           topics.ASR_TRANSCRIPTS, timeout_s=30, idle_timeout_s=3)
                   if r.key is not None and r.key.decode() in sids]
     finally:
@@ -224,7 +225,7 @@ def ended_checkpoints(broker: str, sids: set[str], timeout_s: float = 90.0,
     done: dict[str, StreamCheckpoint] = {}
 
     def stop(r) -> bool:
-        key = (r.key or b"").decode("utf-8", "replace")
+        key = checkpoint_key(r)
         if key in sids:
             cp = stream_state(r.value)
             if cp.ended:

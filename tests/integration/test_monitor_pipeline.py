@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from streams.contracts.schemas import parse_drift_event
 from streams.contracts.settings import Settings
 from streams.runtime.embedded import free_port
 from streams.runtime.kafka_io import read_topic
-from tests.conftest import embedded_broker
 from tests.integration.browser import console_errors, run_page, screenshot
 from tests.integration.harness import REPO, WorkerProcess, collect, produce, text_records
 from tests.integration.prometheus import PrometheusServer
@@ -36,13 +35,6 @@ from tests.integration.prometheus import PrometheusServer
 pytestmark = pytest.mark.integration
 
 REFERENCE = 200
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[str]:
-    """A broker of the test's own: a new monitor group reads its topics from the beginning."""
-    with embedded_broker(tmp_path) as bootstrap:
-        yield bootstrap
 
 
 def tweets(n: int, only: str | None = None, seed: int = 0) -> list[str]:

@@ -20,7 +20,7 @@ from streams.contracts import topics
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.settings import Settings
 from streams.runtime.kafka_io import read_topic
-from tests.integration.harness import WorkerProcess, collect, produce, text_records
+from tests.integration.harness import WorkerProcess, checkpoint_key, collect, produce, text_records
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_an_oversized_audio_chunk_is_dead_lettered_and_the_next_chunk_is_process
     assert letter["processor"] == "asr" and "30" in letter["reason"]
     # the good chunk was processed: its stream's state was checkpointed (ended by its eos)
     states = [r for r in read_topic(Settings(bootstrap=broker), broker, topics.ASR_STATE, timeout_s=60,
-                                    stop=lambda r: r.key == good_sid.encode()) if r.key == good_sid.encode()]
+                                    stop=lambda r: checkpoint_key(r) == good_sid) if checkpoint_key(r) == good_sid]
     assert states, worker.log()[-3000:]
     assert_alive(worker)
 

@@ -14,7 +14,7 @@ import pytest
 from streams.contracts import topics
 from streams.contracts.records import OutRecord
 from streams.contracts.settings import Settings
-from streams.contracts.state import StateRecord, decode_state_record
+from streams.contracts.state import StateRecord, decode_state_record, state_key
 from streams.runtime.kafka_io import read_topic
 from tests.integration.harness import REPO, WorkerProcess, collect, produce
 
@@ -168,6 +168,6 @@ def state_records(broker: str, app_id: str) -> list[StateRecord]:
     """The recs checkpoint pointers of ``app_id`` on recs.state (state records, streams/contracts/state.py)."""
     found = []
     for rec in read_topic(Settings(bootstrap=broker), broker, topics.RECS_STATE, timeout_s=15, idle_timeout_s=3):
-        if rec.key == app_id.encode() and rec.value is not None:
+        if rec.key == state_key(app_id, app_id) and rec.value is not None:
             found.append(decode_state_record(rec.value))
     return found

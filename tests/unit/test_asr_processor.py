@@ -111,7 +111,9 @@ def test_interleaved_streams_transcribe_separately_and_feed_text_in(engine, clip
     one = texts["mic-a:0"]
     assert one["source"] == "asr" and one["stream_id"] == "mic-a" and one["end"] > one["start"]
     # every touched stream checkpointed, and closed (eos) streams carry no audio
-    records = {o.key: decode_state_record(o.value) for o in out if o.topic == topics.ASR_STATE}
+    records = {decode_state_record(o.value).key.encode(): decode_state_record(o.value)
+               for o in out if o.topic == topics.ASR_STATE}
+    assert {o.key for o in out if o.topic == topics.ASR_STATE} == {b"test/mic-a", b"test/mic-b"}  # app-scoped
     saved = {key: decode_checkpoint(r.data) for key, r in records.items()}
     assert set(saved) == {b"mic-a", b"mic-b"} and all(s.ended and s.tail.size == 0 for s in saved.values())
     last = {r.key: r.offset for r in raw(mixed)}  # each checkpoint includes its stream's last chunk
@@ -190,7 +192,7 @@ def test_each_bad_chunk_is_dead_lettered_with_its_reason(engine, kind: str) -> N
     [letter] = events(out, topics.DEADLETTER)
     assert reason in letter["reason"], letter["reason"]
     assert letter["processor"] == "asr" and letter["source"]["offset"] == 1
-    assert [o.key for o in out if o.topic == topics.ASR_STATE] == [b"ok"]  # the other stream went on
+    assert [o.key for o in out if o.topic == topics.ASR_STATE] == [b"test/ok"]  # the other stream went on
 
 
 def test_a_gap_that_never_fills_is_reported_and_the_stream_goes_on(engine) -> None:

@@ -275,9 +275,14 @@ def test_topic_store_round_trips_inline(tmp_path: Path) -> None:
     store = StateStore(topic="fake.state", kind="topic", processor="fake", app_id="app", state_dir=tmp_path)
     cp = Checkpoint("stream-1", b"\x00audio", {("a", 1): 5}, {"model": "m@1"})
     [record] = store.records([cp])
-    assert record.topic == "fake.state" and record.key == b"stream-1"
+    assert record.topic == "fake.state" and record.key == b"app/stream-1"
     assert store.load(pairs([record])) == [cp]
     assert not list(tmp_path.rglob("*.ckpt"))
+    other = StateStore(topic="fake.state", kind="topic", processor="fake", app_id="other", state_dir=tmp_path)
+    [theirs] = other.records([Checkpoint("stream-1", b"\x01other app", {("a", 1): 9})])
+    assert theirs.key != record.key  # compaction keeps both apps' state for the same stream id
+    assert store.load(pairs([record, theirs])) == [cp] and other.load(pairs([record, theirs]))[0].offsets == {
+        ("a", 1): 9}
 
 
 @pytest.mark.parametrize("damage", ["deleted", "corrupt"])
@@ -304,7 +309,7 @@ def test_a_missing_or_corrupt_file_is_skipped_with_a_warning(tmp_path: Path, dam
 def test_an_unreadable_record_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = file_store(tmp_path)
     with caplog.at_level(logging.WARNING, logger="streams.runtime.state_store"):
-        assert store.load([(b"k", b"\x00\x00\x00\x05{nope")]) == []
+        assert store.load([(b"app/k", b"\x00\x00\x00\x05{nope")]) == []
     assert "unreadable state record" in caplog.text
 
 
@@ -313,10 +318,11 @@ def test_tombstone_deletes_a_keys_state_and_markers_are_skipped(tmp_path: Path) 
     first = pairs(store.records([Checkpoint("k", b"v1"), Checkpoint("j", b"j1")]))
     marker = (marker_key("app"), b"token")
     assert [cp.key for cp in store.load([*first, marker])] == ["k", "j"]
-    assert [cp.key for cp in store.load([*first, (b"k", None), marker])] == ["j"]
+    assert [cp.key for cp in store.load([*first, (b"app/k", None), marker])] == ["j"]
     again = pairs(store.records([Checkpoint("k", b"v2")]))
-    assert [(cp.key, cp.data) for cp in store.load([*first, (b"k", None), *again])] == [("k", b"v2"), ("j", b"j1")]
-    assert store.load([(None, b"keyless"), (b"k", None)]) == []
+    assert [(cp.key, cp.data) for cp in store.load([*first, (b"app/k", None), *again])] == [("k", b"v2"),
+                                                                                              ("j", b"j1")]
+    assert store.load([(None, b"keyless"), (b"app/k", None)]) == []
 
 
 def test_a_lost_state_is_replayed_from_the_beginning(tmp_path: Path) -> None:

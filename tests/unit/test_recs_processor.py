@@ -123,7 +123,7 @@ def test_time_triggers_a_checkpoint_and_it_round_trips(tmp_path: Path) -> None:
     assert worker.tick() == []  # not due yet
     clock.ms = 6000
     [state] = worker.tick()
-    assert state.topic == topics.RECS_STATE and state.key == b"app"
+    assert state.topic == topics.RECS_STATE and state.key == b"app/app"
     record = decode_state_record(state.value)
     assert record.key == "app" and record.location == "file" and record.data == b""
     assert record.offsets == {(topics.CLICKS, 0): 39}
