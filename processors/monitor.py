@@ -7,7 +7,9 @@ What it watches (each signal per model and model version; monitoring/drift_monit
   never runs the encoder itself) (model "sentiment"); entities per text and the entity-type mix (model "ner");
 * ``asr.transcripts`` (final segments): ``avg_logprob``, ``no_speech_prob``, speech rate (words/s), segment
   length and the detected-language mix (model "asr");
-* ``recs.responses``: the top score and the mean score of what is served, and with ``clicks`` the **hit**
+* ``recs.responses``: the top score and the mean score of what is served, the served items' popularity (mean
+  log(1 + clicks so far) of a list's items, counted in a count-min sketch: a recommender collapsing onto the
+  head of the catalogue shows here), and with ``clicks`` the **hit**
   signal: whether the user clicked an item of a served list within ``hit_window_s`` (monitoring/hit_rate.py;
   categorical hit/miss, plus the ``streamsense_recs_hit_rate`` gauge over the last 1,000 decided lists)
   (model "recs").
@@ -25,6 +27,7 @@ and gap transcripts) only advance the offsets.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections import defaultdict, deque
 from collections.abc import Sequence
@@ -32,7 +35,7 @@ from typing import Any
 
 from monitoring import metrics
 from monitoring.drift_monitor import Alarm, DriftConfig, DriftMonitor
-from monitoring.hit_rate import HitTracker
+from monitoring.hit_rate import ClickCounts, HitTracker
 from streams.contracts import topics
 from streams.contracts.deadletter import dead_letter
 from streams.contracts.records import OutRecord, RawRecord
@@ -122,6 +125,7 @@ class MonitorProcessor:
                  hit_window_s: float = 600.0) -> None:
         self.monitor = DriftMonitor(config)
         self.hits = HitTracker(int(hit_window_s * 1000))
+        self.click_counts = ClickCounts()
         self.hit_history: deque[int] = deque(maxlen=1000)  # 1 hit, 0 miss: the streamsense_recs_hit_rate gauge
         self.batch_size, self.batch_ms, self.read_ahead = batch_size, batch_ms, read_ahead
         self.stats_ms, self.checkpoint_ms = int(stats_s * 1000), int(checkpoint_s * 1000)
@@ -157,14 +161,18 @@ class MonitorProcessor:
         if r.topic == topics.CLICKS:
             click = parse_click(r)
             ts = click.ts or r.timestamp_ms or now_ms()
+            self.click_counts.add(click.item_id)
             return ts, [("recs", model, "hit", outcome) for model, outcome, _ in
                         self.hits.clicked(click.user_id, click.item_id, ts=ts)]
         event = decode_json_object(r.value)
         observations = EXTRACTORS[r.topic](event)
         ts = event["ts"] if isinstance(event.get("ts"), int) else (r.timestamp_ms or now_ms())
-        if r.topic == topics.RECS_RESPONSES and isinstance(event.get("user_id"), str | int):
-            self.hits.served(str(event["user_id"]), [str(i.get("item_id")) for i in event["items"]], ts=ts,
-                             model=str(event["model"]))
+        if r.topic == topics.RECS_RESPONSES and event["items"]:
+            items = [str(i.get("item_id")) for i in event["items"]]
+            popularity = sum(math.log1p(self.click_counts.estimate(i)) for i in items) / len(items)
+            observations.append(("recs", str(event["model"]), "served_popularity", popularity))
+            if isinstance(event.get("user_id"), str | int):
+                self.hits.served(str(event["user_id"]), items, ts=ts, model=str(event["model"]))
         return ts, observations
 
     def _drift_record(self, alarm: Alarm) -> OutRecord:
@@ -204,7 +212,7 @@ class MonitorProcessor:
         if not self._changed or now_ms - self._checkpoint_at < self.checkpoint_ms:
             return []
         self._checkpoint_at, self._changed = now_ms, False
-        state = {**self.monitor.state(), "hits": self.hits.state()}
+        state = {**self.monitor.state(), "hits": self.hits.state(), "click_counts": self.click_counts.state()}
         data = zlib.compress(json.dumps(state, separators=(",", ":")).encode())
         return [Checkpoint(STATE_KEY, data, dict(self.offsets))]
 
@@ -215,6 +223,8 @@ class MonitorProcessor:
                 self.monitor.restore(state)
                 if "hits" in state:
                     self.hits = HitTracker.from_state(state["hits"])
+                if "click_counts" in state:
+                    self.click_counts = ClickCounts.from_state(state["click_counts"])
                 self.offsets = dict(cp.offsets)
 
     def replay(self, records: Sequence[RawRecord]) -> None:

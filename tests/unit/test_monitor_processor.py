@@ -95,7 +95,7 @@ def test_asr_and_recs_outputs_become_their_models_signals() -> None:
     signals = {(k.model, k.signal) for k in worker.processor.monitor.signals}
     assert signals == {("asr", "segment_s"), ("asr", "words_per_s"), ("asr", "avg_logprob"),
                        ("asr", "no_speech_prob"), ("asr", "language"), ("recs", "top_score"),
-                       ("recs", "mean_score")}
+                       ("recs", "mean_score"), ("recs", "served_popularity")}
 
 
 def test_a_restart_from_checkpoint_and_replay_neither_forgets_nor_reraises_an_episode() -> None:
@@ -146,6 +146,7 @@ def test_served_lists_become_hits_when_clicked_in_the_window_and_misses_after_it
     hits = worker.processor.monitor.signals
     key = next(k for k in hits if k.signal == "hit")
     assert (key.model, key.version) == ("recs", "mf@1")
+    assert {k.signal for k in hits} == {"top_score", "mean_score", "hit", "served_popularity"}
     worker.tick()
     rate = metrics.RECS_HIT_RATE.labels("mf@1")._value.get()
     assert 0.45 <= rate <= 0.55, rate  # 20 hits, ~20 misses decided so far
@@ -166,3 +167,17 @@ def test_the_hit_tracker_decides_each_list_once_and_survives_a_checkpoint() -> N
     again = HitTracker.from_state(json.loads(json.dumps(t.state())), max_pending=3)
     assert again.expire(now_ts=1_000) == t.expire(now_ts=1_000) == [("m", "miss", 11), ("m", "miss", 12),
                                                                     ("m", "miss", 13)]
+
+
+def test_lists_collapsing_onto_the_popular_head_drift_served_popularity() -> None:
+    rng = np.random.default_rng(8)
+    worker = InProcessWorker(MonitorProcessor(DriftConfig(reference_events=100), stats_s=0.0))
+    weights = 1 / np.arange(1, 501) ** 1.1
+    items = [f"i{k}" for k in range(500)]
+    clicks = [click(i, f"u{i}", str(rng.choice(items, p=weights / weights.sum())), ts=i) for i in range(5000)]
+    worker.run(*batches(clicks, 1000))
+    varied = [response(i, "x", list(rng.choice(items, 10, replace=False)), ts=5000 + i) for i in range(600)]
+    head = [response(600 + i, "x", items[:10], ts=5600 + i) for i in range(200)]
+    assert drift_events(worker.run(*batches(varied))) == []
+    events = drift_events(worker.run(*batches(head, 50)))
+    assert [e["level"] for e in events if e["signal"] == "served_popularity"][-1] == "drift", events
