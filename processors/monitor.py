@@ -126,7 +126,7 @@ class MonitorProcessor:
         self.monitor = DriftMonitor(config)
         self.hits = HitTracker(int(hit_window_s * 1000))
         self.click_counts = ClickCounts()
-        self.hit_history: deque[int] = deque(maxlen=1000)  # 1 hit, 0 miss: the streamsense_recs_hit_rate gauge
+        self.hit_history: deque[bool] = deque(maxlen=1000)  # decided lists, for the streamsense_recs_hit_rate gauge
         self.batch_size, self.batch_ms, self.read_ahead = batch_size, batch_ms, read_ahead
         self.stats_ms, self.checkpoint_ms = int(stats_s * 1000), int(checkpoint_s * 1000)
         self.offsets: dict[TP, int] = {}
