@@ -89,16 +89,17 @@ class Speech:
 
     def see(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if topic == topics.ASR_STATE:
-            if key == self.stream_id.encode() and value:
-                from streams.contracts.asr_state import decode_checkpoint
-                from streams.contracts.state import StateError, decode_state_record
+            from streams.contracts.asr_state import decode_checkpoint
+            from streams.contracts.state import MARKER_PREFIX, StateError, decode_state_record
 
-                try:
-                    cp = decode_checkpoint(decode_state_record(value).data)
-                except StateError:
-                    return
-                if cp.ended:
-                    self.expected = cp.next_index
+            if not value or (key or b"").startswith(MARKER_PREFIX):
+                return
+            try:
+                record = decode_state_record(value)  # keyed <app id>/<stream id>: the header names the stream
+                if record.key == self.stream_id and decode_checkpoint(record.data).ended:
+                    self.expected = decode_checkpoint(record.data).next_index
+            except StateError:
+                return
             return
         event = json.loads(value or b"{}")
         if event.get("stream_id") != self.stream_id:
