@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,7 @@ class Signal:
     _ref: np.ndarray | None = None  # sorted reference values, or category rates
     categories: list[str] = field(default_factory=list)
     detectors: list[Cusum] = field(default_factory=list)
+    _llrs: list[Callable[[np.ndarray], np.ndarray]] = field(default_factory=list)  # one per detector
     _window: list[Any] = field(default_factory=list)
     _rng: np.random.Generator | None = None
 
@@ -123,17 +124,27 @@ class Signal:
         self._make_detectors()
 
     def _make_detectors(self) -> None:
+        """The detectors and, for each, its log-likelihood ratio as a function of the transformed batch (z
+        scores for a scalar signal, category indices for a categorical one), both fixed by the reference."""
         assert self._ref is not None
+        self.detectors, self._llrs = [], []
         if self.kind == "scalar":
-            self.detectors = [Cusum(f"mean{sign}{d:g}sd", kl0=d * d / 2, overshoot=1.166 * d)
-                              for d in self.config.mean_shifts for sign in ("+", "-")]
+            m = self._margin()
+            for d in self.config.mean_shifts:
+                for sign in (1.0, -1.0):
+                    self.detectors.append(Cusum(f"mean{'+' if sign > 0 else '-'}{d:g}sd", kl0=d * d / 2,
+                                                overshoot=1.166 * d))
+                    self._llrs.append(lambda z, d=d, sign=sign: d * (sign * z - m) - d * d / 2)
             r = self.config.variance_ratio
             self.detectors.append(Cusum(f"variance x{r:g}", kl0=math.log(r) / 2 - (1 - 1 / r) / 2))
+            # the reference variance's standard error is sqrt(2/n)
+            self._llrs.append(lambda z, r=r: (z * z - m * math.sqrt(2)) * (1 - 1 / r) / 2 - math.log(r) / 2)
             return
-        self.detectors = []
-        for name, p0 in zip(self.categories, self._ref, strict=True):
+        for i, (name, p0) in enumerate(zip(self.categories, self._ref, strict=True)):
             for direction, (p_in, p1) in self._alternatives(float(p0)).items():
                 self.detectors.append(Cusum(f"{name} {direction}", kl0=_bernoulli_kl(p_in, p1)))
+                hit, miss = math.log(p1 / p_in), math.log((1 - p1) / (1 - p_in))
+                self._llrs.append(lambda cat, i=i, hit=hit, miss=miss: np.where(cat == i, hit, miss))
 
     def _margin(self) -> float:
         """The reference's standard error, in standard deviations, times the configured margin."""
@@ -181,30 +192,15 @@ class Signal:
     def _statistics(self, values: Sequence[Any]) -> np.ndarray:
         """The detectors' statistics after each value: shape (detectors, values)."""
         assert self._ref is not None and self._rng is not None
-        out = []
         if self.kind == "scalar":
             x = np.asarray(values, dtype=np.float64)
             lo = np.searchsorted(self._ref, x, "left")
             hi = np.searchsorted(self._ref, x, "right")
-            u = (lo + self._rng.random(x.size) * (hi - lo + 1)) / (self._ref.size + 1)
-            z = special.ndtri(u)
-            m, k = self._margin(), 0
-            for d in self.config.mean_shifts:
-                for sign in (1.0, -1.0):
-                    out.append(self.detectors[k].run(d * (sign * z - m) - d * d / 2))
-                    k += 1
-            r = self.config.variance_ratio
-            z2 = z * z - m * math.sqrt(2)  # the reference variance's standard error is sqrt(2/n)
-            out.append(self.detectors[k].run(z2 * (1 - 1 / r) / 2 - math.log(r) / 2))
+            transformed = special.ndtri((lo + self._rng.random(x.size) * (hi - lo + 1)) / (self._ref.size + 1))
         else:
             index = {c: i for i, c in enumerate(self.categories)}
-            cat = np.array([index.get(str(v), index[OTHER]) for v in values])
-            for det in self.detectors:
-                name, direction = det.name.rsplit(" ", 1)
-                i = index[name]
-                p_in, p1 = self._alternatives(float(self._ref[i]))[direction]
-                out.append(det.run(np.where(cat == i, math.log(p1 / p_in), math.log((1 - p1) / (1 - p_in)))))
-        return np.vstack(out)
+            transformed = np.array([index.get(str(v), index[OTHER]) for v in values])
+        return np.vstack([det.run(llr(transformed)) for det, llr in zip(self.detectors, self._llrs, strict=True)])
 
     def _transitions(self, s: np.ndarray, offset: int) -> list[Transition]:
         h = np.array([d.h for d in self.detectors])[:, None]
