@@ -10,10 +10,10 @@ The sequence, per rebalance (Faust's eager protocol: revoke everything, then ass
    consumed event to be acked and flushed the producer, so the state topic now holds the latest checkpoint of
    every stream this worker touched, before any new owner reads it.
 2. ``assigned``: partitions held before but not now are released (``release_partitions``); partitions newly
-   held are restored (``restore(processor, partitions)``: read the state topic up to a marker, keep the
-   checkpoints whose offsets name those partitions, replay like a start-up). Both run on the model thread in
-   order with the batches, then ticks resume. A restore that fails raises: Faust crashes the worker rather
-   than process partitions whose state it does not have.
+   held are restored (``restore(runner, partitions)``, into the runner's processor from its state store:
+   read the state topic up to a marker, keep the checkpoints whose offsets name those partitions, replay
+   like a start-up). Both run on the model thread in order with the batches, then ticks resume. A restore
+   that fails raises: Faust crashes the worker rather than process partitions whose state it does not have.
 
 The worker's first assignment is a rebalance like any other, so a partitioned processor is restored here, not
 before the worker joins its group. Transport-neutral: the worker wires Faust's rebalance signals and the Kafka
@@ -28,7 +28,7 @@ from processors.base import Checkpointed, PartitionedState
 from streams.contracts.state import TP
 from streams.runtime.runner import ProcessorRunner
 
-Restore = Callable[[Checkpointed, frozenset[TP]], int]
+Restore = Callable[[ProcessorRunner, frozenset[TP]], int]
 
 
 class Handover:
@@ -51,7 +51,7 @@ class Handover:
             if gone:
                 await runner.call(lambda p=processor, g=gone: p.release_partitions(g))
             if mine:
-                await runner.call(lambda p=processor, m=mine: self.restore(p, m))
+                await runner.call(lambda r=runner, m=mine: self.restore(r, m))
             runner.ticks_paused = False
         self.held = set(assigned)
 

@@ -45,6 +45,11 @@ def replay_start(checkpoints: Sequence[Checkpoint], topics: Iterable[str]) -> di
     return start
 
 
+def checkpoints_of(checkpoints: Sequence[Checkpoint], partitions: Set[TP]) -> list[Checkpoint]:
+    """The checkpoints whose input offsets name one of ``partitions`` (partitioned state: one each)."""
+    return [cp for cp in checkpoints if partitions & cp.offsets.keys()]
+
+
 def recover(
     processor: Checkpointed,
     checkpoints: Sequence[Checkpoint],
@@ -174,7 +179,7 @@ def restore_from_kafka(processor: Checkpointed, store: StateStore, settings: Set
     checkpoints = store.load(kafka_state_records(settings, bootstrap, processor.state_topic))
     where = ""
     if partitions is not None:
-        checkpoints = [cp for cp in checkpoints if partitions & cp.offsets.keys()]
+        checkpoints = checkpoints_of(checkpoints, partitions)
         where = f" of {' '.join(f'{t}[{p}]' for t, p in sorted(partitions))}"
     keys = ", ".join(cp.key for cp in checkpoints[:5]) + (", ..." if len(checkpoints) > 5 else "")
     progress(f"{store.processor}: restored {len(checkpoints)} checkpoint(s){where} from {processor.state_topic}"

@@ -33,7 +33,7 @@ from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.state import TP
 from streams.runtime.delivery import DeliveryFailed
 from streams.runtime.handover import Handover
-from streams.runtime.recovery import recover
+from streams.runtime.recovery import checkpoints_of, recover
 from streams.runtime.runner import ProcessorRunner
 from streams.runtime.state_store import StateStore
 
@@ -146,10 +146,10 @@ class InProcessWorker:
         await self.handover.revoked()
         await self.handover.assigned(assigned)
 
-    def _restore_partitions(self, processor: Checkpointed, partitions: frozenset[TP]) -> int:
-        assert self.store is not None
-        checkpoints = [cp for cp in self.store.load(self._state_topic) if partitions & cp.offsets.keys()]
-        return recover(processor, checkpoints, dict, lambda after, until: iter(()), lambda _m: None)
+    def _restore_partitions(self, runner: ProcessorRunner, partitions: frozenset[TP]) -> int:
+        assert runner.state is not None and isinstance(runner.processor, Checkpointed)
+        checkpoints = checkpoints_of(runner.state.load(self._state_topic), partitions)
+        return recover(runner.processor, checkpoints, dict, lambda after, until: iter(()), lambda _m: None)
 
     def state(self) -> list[tuple[bytes | None, bytes | None]]:
         """What the state topic would hold: (key, value) of every state record delivered so far."""

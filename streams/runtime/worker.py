@@ -153,13 +153,12 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
     partition_counts = describe_topics(settings, bootstrap)
     send = faust_sender(app, partition_counts)
     readiness = Readiness()
-    runners, stores = [], {}
+    runners = []
     for processor in processors:
         store = None
         if isinstance(processor, Checkpointed):
-            store = stores[processor.name] = StateStore(
-                topic=processor.state_topic, kind=processor.state_store, processor=processor.name,
-                app_id=settings.app_id, state_dir=settings.state_dir)
+            store = StateStore(topic=processor.state_topic, kind=processor.state_store, processor=processor.name,
+                               app_id=settings.app_id, state_dir=settings.state_dir)
             if not isinstance(processor, PartitionedState):  # that one is restored per assignment (handover)
                 restore_from_kafka(processor, store, settings, bootstrap, progress)
         runner = ProcessorRunner(processor, send, max_message_bytes=settings.max_message_bytes, state=store)
@@ -169,8 +168,8 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
             register_routes(app, processor.routes())
     register_worker_pages(app, settings.app_id, readiness, runners, settings.health_stall_s)
     readiness.models_loaded = True
-    handover = Handover(runners, lambda p, partitions: restore_from_kafka(
-        p, stores[p.name], settings, bootstrap, progress, partitions))
+    handover = Handover(runners, lambda runner, partitions: restore_from_kafka(
+        runner.processor, runner.state, settings, bootstrap, progress, partitions))
 
     @app.on_partitions_revoked.connect
     async def hand_over(sender: faust.App, revoked: set, **_: object) -> None:  # type: ignore[type-arg]
