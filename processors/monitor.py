@@ -126,7 +126,8 @@ class MonitorProcessor:
         self.monitor = DriftMonitor(config)
         self.hits = HitTracker(int(hit_window_s * 1000))
         self.click_counts = ClickCounts()
-        self.hit_history: deque[bool] = deque(maxlen=1000)  # decided lists, for the streamsense_recs_hit_rate gauge
+        # per recommender version, its last 1,000 decided lists: the streamsense_recs_hit_rate gauge
+        self.hit_history: dict[str, deque[bool]] = defaultdict(lambda: deque(maxlen=1000))
         self.batch_size, self.batch_ms, self.read_ahead = batch_size, batch_ms, read_ahead
         self.stats_ms, self.checkpoint_ms = int(stats_s * 1000), int(checkpoint_s * 1000)
         self.offsets: dict[TP, int] = {}
@@ -149,7 +150,7 @@ class MonitorProcessor:
                 values.append(value)
                 stamps.append(ts)
                 if signal == "hit":
-                    self.hit_history.append(value == "hit")
+                    self.hit_history[version].append(value == "hit")
         for (model, version, signal), (values, stamps) in groups.items():
             for alarm in self.monitor.observe(model, version, signal, values, stamps):
                 outputs.append(self._drift_record(alarm))
@@ -191,9 +192,8 @@ class MonitorProcessor:
         if now_ms - self._stats_at < self.stats_ms:
             return []
         self._stats_at = now_ms
-        if self.hit_history:
-            model = next((k.version for k in self.monitor.signals if k.signal == "hit"), "unknown")
-            metrics.RECS_HIT_RATE.labels(model).set(sum(self.hit_history) / len(self.hit_history))
+        for model, decided in self.hit_history.items():
+            metrics.RECS_HIT_RATE.labels(model).set(sum(decided) / len(decided))
         out = []
         for snap in self.monitor.snapshot():
             model, signal = snap["model"], snap["signal"]
