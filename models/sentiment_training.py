@@ -84,13 +84,13 @@ def embed(
     """Mean-pooled sentence embeddings; length-grouped batches avoid padding most of the compute away."""
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     encoder.eval()
-    n_batches = math.ceil(len(texts) / batch_size)
-    t0 = time.perf_counter()
+    batches = list(length_sorted_batches(tokenizer, texts, max_length, batch_size))  # length groups: uneven sizes
+    t0, done = time.perf_counter(), 0
     with torch.inference_mode():
-        for k, (idx, ids, mask) in enumerate(length_sorted_batches(tokenizer, texts, max_length, batch_size)):
+        for k, (idx, ids, mask) in enumerate(batches):
             out[idx] = mean_pool(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask).numpy()
-            if (k + 1) % 25 == 0 or k + 1 == n_batches:
-                done = min((k + 1) * batch_size, len(texts))
+            done += len(idx)
+            if (k + 1) % 25 == 0 or k + 1 == len(batches):
                 progress(f"  embedded {done}/{len(texts)} texts ({time.perf_counter() - t0:.0f}s)")
     return out
 
