@@ -30,6 +30,12 @@ def model_dir() -> Path:
     return _configured if _configured is not None else Path(DEFAULT_MODEL_DIR).expanduser()
 
 
+def registry_dir() -> Path:
+    """The model registry (models/registry.py): every retrained version and the champion alias. Workers on
+    several machines must see the same one (a shared volume), like an MLflow artifact store."""
+    return model_dir() / "registry"
+
+
 def is_built(path: Path) -> bool:
     """A model directory counts as built only once its weights and config are both in place."""
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))

@@ -32,7 +32,8 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
-from models.model_store import FINETUNED_MODEL, HEAD_MODEL, is_built, model_dir
+from models.model_store import FINETUNED_MODEL, HEAD_MODEL, is_built, model_dir, registry_dir
+from models.registry import Registry, verify_tree
 from models.text_types import EMBEDDING_DIMS, SENTIMENT_LABELS, Sentiment
 
 MODEL_TYPE = "streamsense_minilm_meanpool"
@@ -319,15 +320,27 @@ class TransformerSentiment:
                 for b, p, v in zip(best, probs, vectors, strict=True)]
 
 
+REGISTRY_NAME = "sentiment"  # the model's name in the registry, on model.updates and in text.enriched's models
+
+
+def default_model_path() -> Path:
+    """The built offline model: the fine-tuned one when it was built, else the frozen-encoder head."""
+    for name in (FINETUNED_MODEL, HEAD_MODEL):
+        if is_built(model_dir() / name):
+            return model_dir() / name
+    raise FileNotFoundError(
+        f"no sentiment model built under {model_dir()}: run `streamsense models build` "
+        "(or set STREAMSENSE_MODEL_DIR to where models were built)"
+    )
+
+
 def _resolve(spec: str) -> Path | str:
-    if spec == "default":
-        for name in (FINETUNED_MODEL, HEAD_MODEL):
-            if is_built(model_dir() / name):
-                return model_dir() / name
-        raise FileNotFoundError(
-            f"no sentiment model built under {model_dir()}: run `streamsense models build` "
-            "(or set STREAMSENSE_MODEL_DIR to where models were built)"
-        )
+    if spec == "default":  # the registry's champion once the retraining loop promoted one, else the built model
+        champion = Registry(registry_dir()).champion(REGISTRY_NAME)
+        if champion is None:
+            return default_model_path()
+        verify_tree(champion.path, str(champion.meta["sha256"]))
+        return champion.path
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -1,9 +1,10 @@
 """What the drift dashboard shows, computed from what the pipeline publishes (pure: no Kafka, no web).
 
-Inputs: ``drift.stats`` snapshots (each signal's score against its thresholds), ``drift.events`` (episodes)
-and the workers' ``/metrics`` expositions, scraped periodically. Throughput and the dead-letter rate are
-counter differences between two scrapes; latency percentiles come from the difference of the end-to-end
-latency histogram's buckets, interpolated as Prometheus's ``histogram_quantile`` does.
+Inputs: ``drift.stats`` snapshots (each signal's score against its thresholds), ``drift.events`` (episodes),
+the retraining loop's ``retrain.decisions`` and ``model.updates`` (its timeline) and the workers' ``/metrics``
+expositions, scraped periodically. Throughput and the dead-letter rate are counter differences between two
+scrapes; latency percentiles come from the difference of the end-to-end latency histogram's buckets,
+interpolated as Prometheus's ``histogram_quantile`` does.
 
 >>> histogram_quantile(0.5, [(0.1, 10.0), (1.0, 30.0), (float("inf"), 30.0)])
 0.325
@@ -100,6 +101,7 @@ class DashboardData:
     signals: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     episodes: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # model -> [{version, from_ts}]
+    retraining: list[dict[str, Any]] = field(default_factory=list)  # decisions and announcements, by time
     throughput: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)  # processor -> points
     _last_scrape: dict[str, Scrape] = field(default_factory=dict)
 
@@ -124,6 +126,22 @@ class DashboardData:
         self.episodes.sort(key=lambda e: e["ts"] or 0)
         del self.episodes[: -self.points]
 
+    def add_retraining(self, topic: str, event: Mapping[str, Any]) -> None:
+        """A ``retrain.decisions`` event, or a ``model.updates`` announcement (manual ones appear only there),
+        with the gate's numbers where there are some."""
+        if any(e["id"] == event["id"] and e["topic"] == topic for e in self.retraining):
+            return
+        metrics = event.get("metrics") or {}
+        champion, challenger = metrics.get("champion") or {}, metrics.get("challenger") or {}
+        numbers = {k: [champion.get(k), challenger.get(k)] for k in ("recent_accuracy", "original_accuracy",
+                                                                     "live_accuracy") if k in challenger}
+        what = event.get("decision") or f"announced {event.get('action')}"
+        self.retraining.append({"id": event["id"], "topic": topic, "ts": event.get("ts"), "model": event.get("model"),
+                                "what": what, "version": event.get("version"), "detail": event.get("detail")
+                                or event.get("reason") or "", "numbers": numbers})
+        self.retraining.sort(key=lambda e: e["ts"] or 0)
+        del self.retraining[: -self.points]
+
     def add_scrape(self, worker: str, text: str, at_s: float) -> None:
         scrape = Scrape(at_s, parse_exposition(text))
         before = self._last_scrape.get(worker)
@@ -139,5 +157,6 @@ class DashboardData:
             "signals": [{**s, "series": list(s["series"])} for _, s in sorted(self.signals.items())],
             "episodes": self.episodes,
             "versions": self.versions,
+            "retraining": self.retraining,
             "throughput": {name: list(points) for name, points in sorted(self.throughput.items())},
         }

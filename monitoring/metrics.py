@@ -66,6 +66,21 @@ DRIFT_SINCE_REFERENCE = Gauge(
     "streamsense_drift_events_since_reference", "Events a signal has seen since its reference was complete",
     ["model", "signal"], registry=REGISTRY,
 )
+RETRAINS = Counter(
+    "streamsense_retrains", "Challengers trained and judged by the gate", ["model", "outcome"], registry=REGISTRY,
+)
+RETRAIN_DECISIONS = Counter(
+    "streamsense_retrain_decisions", "Retraining policy decisions (armed, requested, skipped) and why",
+    ["model", "decision", "reason"], registry=REGISTRY,
+)
+MODEL_UPDATES = Counter(
+    "streamsense_model_updates", "Promotions and rollbacks announced on model.updates", ["model", "action"],
+    registry=REGISTRY,
+)
+LIVE_ACCURACY = Gauge(
+    "streamsense_model_live_accuracy", "Accuracy of a model version's served outputs on the labels fed back so far",
+    ["model", "version"], registry=REGISTRY,
+)
 DRIFT_EPISODES = Counter(
     "streamsense_drift_episodes", "Drift episode transitions (warning, drift, cleared)", ["model", "signal", "level"],
     registry=REGISTRY,

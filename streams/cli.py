@@ -1,4 +1,4 @@
-"""`streamsense`: the command line of the pipeline (broker, topics, run, produce, tail, demo, models)."""
+"""`streamsense`: the command line of the pipeline (broker, topics, run, produce, tail, demo, models, retrain)."""
 
 from __future__ import annotations
 
@@ -147,25 +147,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --- produce -------------------------------------------------------------------------------------------
 
+def jsonl_events(args: argparse.Namespace, check: Callable[[dict[str, Any]], Any]) -> Iterator[dict[str, Any]]:
+    """JSON objects from --file (or '-' for stdin), each checked as its topic's consumer would check it; a bad
+    line stops everything with its line number (nothing is sent)."""
+    if not args.file:
+        return
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    with stream:
+        for lineno, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+                event = {"id": str(uuid.uuid4()), "source": args.source, **obj}
+                check(event)
+            except (ValueError, SchemaError) as exc:
+                raise SystemExit(f"{args.file}:{lineno}: {exc}") from None
+            yield event
+
+
 def text_events(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """Events from arguments, or JSONL (a file or '-' for stdin): objects with at least `text`."""
+    """Events from arguments, or JSONL: objects with at least `text`."""
     for text in args.texts:
         yield text_in_event(text, event_id=str(uuid.uuid4()), source=args.source)
-    if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-        with stream:
-            for lineno, line in enumerate(stream, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    if not isinstance(obj, dict):
-                        raise ValueError("not a JSON object")
-                    event = {"id": str(uuid.uuid4()), "source": args.source, **obj}
-                    TextIn.parse(encode(event), max_chars=sys.maxsize)  # refuse what the processor would
-                except (ValueError, SchemaError) as exc:
-                    raise SystemExit(f"{args.file}:{lineno}: {exc}") from None
-                yield event
+    yield from jsonl_events(args, lambda e: TextIn.parse(encode(e), max_chars=sys.maxsize))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -174,6 +181,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
         return produce_audio(args, settings)
     if args.kind == "text":
         records = [OutRecord(topics.TEXT_IN, e["id"].encode(), encode(e)) for e in text_events(args)]
+    elif args.kind == "feedback":  # key = the labeled event's id, as the contract says
+        from streams.contracts.schemas import parse_feedback
+
+        records = [OutRecord(topics.FEEDBACK, e["id"].encode(), encode(e)) for e in jsonl_events(args, parse_feedback)]
     else:  # raw: one message per line, bytes untouched (for replays and bad-input drills)
         data = (sys.stdin.buffer if args.file in (None, "-") else open(args.file, "rb")).read()  # noqa: SIM115
         key = args.key.encode() if args.key else None
@@ -301,6 +312,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from models.model_store import model_dir
 
+    if args.action in ("show", "promote", "rollback"):
+        return registry_command(args)
     if args.action == "build":
         from models.sentiment_training import build_sentiment, ensure_default_models
 
@@ -316,6 +329,95 @@ def cmd_models(args: argparse.Namespace) -> int:
         summary = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         shown = {k: summary[k] for k in ("accuracy", "macro_f1", "n_test") if k in summary}
         print(f"{path.name:<32} {json.dumps(shown)}")
+    registry = open_registry()
+    for model in registry.models():
+        champion, previous = registry.alias(model, "champion"), registry.alias(model, "previous")
+        for v in registry.versions(model):
+            mark = "champion" if v.version == champion else "previous" if v.version == previous else ""
+            decision = v.meta.get("decision", {})
+            print(f"registry {model}@{v.version:<24} {mark:<9} {'passed' if decision.get('passed') else 'rejected':<8} "
+                  f"{decision.get('reason', '')}")
+    return 0
+
+
+def open_registry() -> Any:
+    from models.model_store import registry_dir
+    from models.registry import Registry
+
+    return Registry(registry_dir())
+
+
+def registry_command(args: argparse.Namespace) -> int:
+    """`models show|promote|rollback MODEL [VERSION]`: promote and rollback announce on model.updates first
+    (running workers swap), then move the registry's aliases (workers starting later load the champion)."""
+    from models.registry import RegistryError
+    from streams.contracts.schemas import model_update, now_ms
+
+    if not args.model:
+        known = ", ".join(open_registry().models()) or "-"
+        raise ValueError(f"models {args.action} needs a MODEL (registered: {known})")
+    registry = open_registry()
+    try:
+        if args.action == "show":
+            shown = registry.get(args.model, args.version) if args.version else registry.champion(args.model)
+            if shown is None:
+                raise RegistryError(f"{args.model} has no champion yet")
+            print(json.dumps({**shown.meta, "path": str(shown.path), "champion": registry.alias(args.model, "champion"),
+                              "history": registry.history(args.model)[-10:]}, indent=2))
+            return 0
+        current = registry.alias(args.model, "champion")
+        if args.action == "promote":
+            if not args.version:
+                raise ValueError("models promote needs MODEL VERSION")
+            target, previous = registry.get(args.model, args.version), current
+        else:
+            to = registry.alias(args.model, "previous")
+            if to is None or current is None:
+                raise RegistryError(f"{args.model}: no previous champion to roll back to")
+            target, previous = registry.get(args.model, to), current
+        registry.verify(args.model, target.version)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    action = "promote" if args.action == "promote" else "rollback"
+    reason = args.reason or f"manual {action} by the CLI"
+    update = model_update(ts=now_ms(), model=args.model, version=target.version, previous_version=previous,
+                          action=action, metrics={"champion": {}, "challenger": dict(target.meta.get("metrics", {}))},
+                          data_window=dict(target.meta.get("data_window", {})), registry_path=str(target.path),
+                          sha256=str(target.meta["sha256"]), reason=reason)
+    settings = settings_from(args)
+    with kafka_bootstrap(settings, say) as bootstrap:
+        ensure_topics(settings, bootstrap)
+        producer = make_producer(settings, bootstrap)
+        try:
+            send_all(producer, [OutRecord(topics.MODEL_UPDATES, args.model.encode(), encode(update))])
+        finally:
+            producer.close()
+    if action == "promote":
+        registry.promote(args.model, target.version, reason=reason)
+    else:
+        registry.rollback(args.model, reason=reason)
+    say(f"{action}: {args.model} {previous} -> {target.version} (announced on {topics.MODEL_UPDATES})")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """`retrain MODEL`: a manual request on retrain.requests; the retrainer decides and reports on
+    retrain.decisions (`streamsense tail retrain.decisions`)."""
+    from streams.contracts.schemas import now_ms, retrain_request
+
+    ts = now_ms()
+    request = retrain_request(f"{args.model}:manual:{ts}:{uuid.uuid4().hex[:6]}", ts=ts, model=args.model,
+                              reason="manual", requested_by=args.requested_by)
+    settings = settings_from(args)
+    with kafka_bootstrap(settings, say) as bootstrap:
+        ensure_topics(settings, bootstrap)
+        producer = make_producer(settings, bootstrap)
+        try:
+            send_all(producer, [OutRecord(topics.RETRAIN_REQUESTS, args.model.encode(), encode(request))])
+        finally:
+            producer.close()
+    print(request["id"])
+    say(f"retrain of {args.model} requested; follow it with: streamsense tail {topics.RETRAIN_DECISIONS} -f")
     return 0
 
 
@@ -363,7 +465,8 @@ def parser() -> argparse.ArgumentParser:
         description="Run a worker with the chosen processors. Flags override the environment (README: "
         "Configuration). A flag for a processor that is not in --processors is an error; --batch-size and "
         "--batch-ms set the batch of the one chosen processor and are an error with several."))
-    r.add_argument("--processors", default="text", help="comma-separated: text, asr, recs, monitor (default text)")
+    r.add_argument("--processors", default="text",
+                   help="comma-separated: text, asr, recs, monitor, retrainer (default text)")
     r.add_argument("--web-port", type=int, help="port of /metrics and /health on 127.0.0.1 (0: off; default 6066)")
     r.add_argument("--batch-size", type=int_at_least(1), metavar="N",
                    help="max events per model batch of the one processor in --processors")
@@ -381,9 +484,10 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run, usage_error=r.error)
 
     pr = kafka(sub.add_parser("produce", help="produce events"))
-    pr.add_argument("kind", choices=["text", "raw", "audio"])
+    pr.add_argument("kind", choices=["text", "feedback", "raw", "audio"])
     pr.add_argument("texts", nargs="*", help="texts to send as text.in events; audio: one WAV file")
-    pr.add_argument("--file", help="JSONL file of events ('-' for stdin); raw: lines of bytes")
+    pr.add_argument("--file", help="JSONL file of events ('-' for stdin); feedback: {id, label[, text]} per line; "
+                    "raw: lines of bytes")
     pr.add_argument("--source", default="cli")
     pr.add_argument("--topic", default=topics.TEXT_IN, help="raw: destination topic")
     pr.add_argument("--key", help="raw: message key")
@@ -425,11 +529,19 @@ def parser() -> argparse.ArgumentParser:
                     help="a worker's web address to scrape /metrics from (repeatable), e.g. http://127.0.0.1:6066")
     db.set_defaults(func=cmd_dashboard)
 
-    m = sub.add_parser("models", help="build or list the offline default models")
-    m.add_argument("action", choices=["build", "list"])
+    m = kafka(sub.add_parser("models", help="build or list models; show, promote or roll back registered versions"))
+    m.add_argument("action", choices=["build", "list", "show", "promote", "rollback"])
+    m.add_argument("model", nargs="?", help="show/promote/rollback: the registered model, e.g. sentiment")
+    m.add_argument("version", nargs="?", help="show/promote: the registered version (show: default the champion)")
+    m.add_argument("--reason", help="promote/rollback: recorded in the registry and on model.updates")
     m.add_argument("--fine-tune", action="store_true", help="full fine-tune of the sentiment model (~20 min/epoch)")
     m.add_argument("--epochs", type=int, default=1)
     m.set_defaults(func=cmd_models)
+
+    rt = kafka(sub.add_parser("retrain", help="request a retrain of a model (the retrainer processor runs it)"))
+    rt.add_argument("model", help="e.g. sentiment")
+    rt.add_argument("--requested-by", default="cli", help="recorded on the request (default %(default)s)")
+    rt.set_defaults(func=cmd_retrain)
     return p
 
 

@@ -301,6 +301,35 @@ def parse_model_update(raw: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
     return obj
 
 
+def retrain_request(request_id: str, *, ts: int, model: str, reason: str, requested_by: str,
+                    drift_event_id: str | None = None) -> dict[str, Any]:
+    """One `retrain.requests` event (key = model name)."""
+    event = {"id": request_id, "ts": ts, "schema": schema_id(topics.RETRAIN_REQUESTS), "model": model,
+             "reason": reason, "requested_by": requested_by}
+    if drift_event_id is not None:
+        event["drift_event_id"] = drift_event_id
+    return parse_retrain_request(event)
+
+
+def model_update(*, ts: int, model: str, version: str, previous_version: str | None, action: str,
+                 metrics: Mapping[str, Any], data_window: Mapping[str, Any], registry_path: str, sha256: str,
+                 reason: str) -> dict[str, Any]:
+    """One `model.updates` event (key = model name); the id (model@version:action) is deterministic, so a
+    decision re-announced after a restart is recognisably the same one."""
+    event = {"id": f"{model}@{version}:{action}", "ts": ts, "schema": schema_id(topics.MODEL_UPDATES), "model": model,
+             "version": version, "previous_version": previous_version, "action": action, "metrics": dict(metrics),
+             "data_window": dict(data_window), "registry_path": registry_path, "sha256": sha256, "reason": reason}
+    return parse_model_update(event)
+
+
+def retrain_decision(*, ts: int, model: str, decision: str, reason: str, detail: str,
+                     **fields: Any) -> dict[str, Any]:
+    """One `retrain.decisions` event (key = model name): what the retraining loop decided and why, for people and
+    dashboards (``decision``: armed, requested, skipped, promoted, rejected, failed, rolled_back, confirmed)."""
+    return {"id": f"{model}:{decision}:{reason}:{ts}", "ts": ts, "schema": schema_id(topics.RETRAIN_DECISIONS),
+            "model": model, "decision": decision, "reason": reason, "detail": detail, **fields}
+
+
 # --- asr.transcripts ----------------------------------------------------------------------------------------
 
 def asr_transcript_event(

@@ -37,6 +37,20 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
+def _env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0, maximum: float = 1.0
+               ) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}={value} must be between {minimum} and {maximum}")
+    return value
+
+
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     """Strict on purpose: a typo such as ``ture`` must fail loudly, not silently mean "off"."""
     raw = env.get(name)
@@ -159,6 +173,18 @@ class Settings:
     drift_stats_s: int = 5  # how often the monitor publishes drift.stats snapshots
     drift_hit_window_s: int = 600  # a served recommendation list is a hit if its user clicks one of it within this
     monitor_checkpoint_s: int = 10
+    # The retraining loop (processors/retrainer.py, monitoring/retrain_policy.py, models/sentiment_retrain.py)
+    retrain_trigger_levels: str = "drift"  # drift levels that arm a retrain (comma-separated: drift, warning)
+    retrain_persistence_events: int = 0  # a drift episode triggers only once its window holds this many events
+    retrain_min_labels: int = 500  # new labels (since the last retrain) before a retrain runs
+    retrain_cooldown_s: int = 600  # at least this long between two retrains of one model
+    retrain_schedule_s: int = 86_400  # retrain anyway this often when min_labels new labels arrived (0: never)
+    retrain_max_labels: int = 5000  # the most recent labeled examples kept for training
+    retrain_margin: float = 0.02  # gate: the challenger must beat the champion by this on recent labeled data
+    retrain_tolerance: float = 0.05  # gate: ... and lose at most this on the original held-out tweets
+    feedback_join_s: int = 600  # a label without text waits this long for its text.enriched event
+    rollback_min_labels: int = 100  # labels on a new version's outputs before it is judged
+    rollback_threshold: float = 0.1  # roll back when its live accuracy is this much below its predecessor's
     state_dir: str = "~/.cache/streamsense/state"  # local checkpoints too big for one Kafka message
     model_dir: str = DEFAULT_MODEL_DIR  # built models and converted whisper checkpoints (models.model_store)
     torch_threads: int = 0  # 0: 1 (see streams/runtime/worker.py: torch_threads)
@@ -208,6 +234,17 @@ class Settings:
             drift_stats_s=_env_int(env, "STREAMSENSE_DRIFT_STATS_S", 5),
             drift_hit_window_s=_env_int(env, "STREAMSENSE_DRIFT_HIT_WINDOW_S", 600),
             monitor_checkpoint_s=_env_int(env, "STREAMSENSE_MONITOR_CHECKPOINT_S", 10),
+            retrain_trigger_levels=env.get("STREAMSENSE_RETRAIN_TRIGGER_LEVELS") or "drift",
+            retrain_persistence_events=_env_int(env, "STREAMSENSE_RETRAIN_PERSISTENCE_EVENTS", 0, minimum=0),
+            retrain_min_labels=_env_int(env, "STREAMSENSE_RETRAIN_MIN_LABELS", 500, minimum=20),
+            retrain_cooldown_s=_env_int(env, "STREAMSENSE_RETRAIN_COOLDOWN_S", 600, minimum=0),
+            retrain_schedule_s=_env_int(env, "STREAMSENSE_RETRAIN_SCHEDULE_S", 86_400, minimum=0),
+            retrain_max_labels=_env_int(env, "STREAMSENSE_RETRAIN_MAX_LABELS", 5000, minimum=20),
+            retrain_margin=_env_float(env, "STREAMSENSE_RETRAIN_MARGIN", 0.02),
+            retrain_tolerance=_env_float(env, "STREAMSENSE_RETRAIN_TOLERANCE", 0.05),
+            feedback_join_s=_env_int(env, "STREAMSENSE_FEEDBACK_JOIN_S", 600),
+            rollback_min_labels=_env_int(env, "STREAMSENSE_ROLLBACK_MIN_LABELS", 100, minimum=10),
+            rollback_threshold=_env_float(env, "STREAMSENSE_ROLLBACK_THRESHOLD", 0.1),
             state_dir=env.get("STREAMSENSE_STATE_DIR") or "~/.cache/streamsense/state",
             model_dir=env.get("STREAMSENSE_MODEL_DIR") or DEFAULT_MODEL_DIR,
             torch_threads=_env_int(env, "STREAMSENSE_TORCH_THREADS", 0, minimum=0),

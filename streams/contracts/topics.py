@@ -26,6 +26,8 @@ MONITOR_STATE = "monitor.state"
 RETRAIN_REQUESTS = "retrain.requests"
 MODEL_UPDATES = "model.updates"
 FEEDBACK = "feedback"
+RETRAIN_DECISIONS = "retrain.decisions"
+RETRAINER_STATE = "retrainer.state"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,17 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(RETRAIN_REQUESTS, "requests to retrain a model; key = model name", partitions=1),
     TopicSpec(FEEDBACK, "labels for earlier events (retraining); key = event id"),
+    TopicSpec(
+        RETRAIN_DECISIONS,
+        "every retraining decision (armed, skipped and why, requested, promoted, rejected, rolled back); key = model",
+        partitions=1,
+    ),
+    TopicSpec(
+        RETRAINER_STATE,
+        "retrainer checkpoint (labels, policy, rollback watch, offsets); key = app id/retrainer (latest is kept)",
+        partitions=1,
+        config={"cleanup.policy": "compact"},
+    ),
     TopicSpec(
         MODEL_UPDATES,
         "model versions to hot-swap; key = model name (latest per key is kept)",

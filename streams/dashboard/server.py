@@ -74,7 +74,8 @@ class Dashboard:
             try:
                 consumer = KafkaConsumer(**client_kwargs(self.settings, self.bootstrap), group_id=None,
                                          enable_auto_commit=False, auto_offset_reset="earliest")
-                parts = [TopicPartition(t, p) for t in (topics.DRIFT_STATS, topics.DRIFT_EVENTS)
+                parts = [TopicPartition(t, p) for t in (topics.DRIFT_STATS, topics.DRIFT_EVENTS,
+                                                        topics.RETRAIN_DECISIONS, topics.MODEL_UPDATES)
                          for p in sorted(consumer.partitions_for_topic(t) or ())]
                 if not parts:
                     raise RuntimeError("drift.stats/drift.events do not exist yet (start a monitor)")
@@ -98,8 +99,10 @@ class Dashboard:
                     event = json.loads(value or b"null")
                     if topic == topics.DRIFT_STATS:
                         self.data.add_stats(event)
-                    else:
+                    elif topic == topics.DRIFT_EVENTS:
                         self.data.add_drift_event(event)
+                    else:
+                        self.data.add_retraining(topic, event)
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning("dashboard: skipping an unreadable %s record: %s", topic, exc)
 

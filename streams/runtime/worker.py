@@ -24,6 +24,7 @@ from streams.runtime.agent import attach, faust_sender
 from streams.runtime.faust_app import create_app
 from streams.runtime.handover import Handover
 from streams.runtime.kafka_io import describe_topics, ensure_topics
+from streams.runtime.model_updates import ModelUpdateFollower
 from streams.runtime.recovery import restore_from_kafka
 from streams.runtime.runner import ProcessorRunner
 from streams.runtime.state_store import StateStore
@@ -92,6 +93,32 @@ def build_recs(settings: Settings, progress: Progress) -> Processor:
     )
 
 
+def build_retrainer(settings: Settings, progress: Progress) -> Processor:
+    from models.model_store import registry_dir
+    from models.registry import Registry
+    from models.retraining import SentimentRetraining
+    from monitoring.retrain_policy import PolicyConfig, RetrainPolicy
+    from monitoring.rollback_watch import RollbackWatch
+    from processors.retrainer import RetrainerProcessor
+
+    policy = PolicyConfig(
+        trigger_levels=tuple(x.strip() for x in settings.retrain_trigger_levels.split(",") if x.strip()),
+        persistence_events=settings.retrain_persistence_events, min_labels=settings.retrain_min_labels,
+        cooldown_s=settings.retrain_cooldown_s, schedule_s=settings.retrain_schedule_s)
+    retraining = SentimentRetraining(Registry(registry_dir()), margin=settings.retrain_margin,
+                                     tolerance=settings.retrain_tolerance, progress=progress)
+    champion = retraining.champion()
+    retraining.prepare()
+    progress(f"retrainer: sentiment champion {champion.version} ({champion.path}); retrain on "
+             f"{', '.join(policy.trigger_levels)} after {policy.min_labels} new labels, "
+             f"cooldown {policy.cooldown_s:.0f} s; "
+             f"gate: +{settings.retrain_margin} on recent labels, -{settings.retrain_tolerance} at most on tweets")
+    return RetrainerProcessor(
+        retraining, RetrainPolicy({champion.model: policy}),
+        RollbackWatch(min_labels=settings.rollback_min_labels, threshold=settings.rollback_threshold),
+        max_labels=settings.retrain_max_labels, join_s=settings.feedback_join_s)
+
+
 def build_monitor(settings: Settings, progress: Progress) -> Processor:
     from monitoring.drift_monitor import DriftConfig
     from processors.monitor import MonitorProcessor
@@ -110,6 +137,7 @@ BUILDERS: dict[str, Callable[[Settings, Progress], Processor]] = {
     "asr": build_asr,
     "recs": build_recs,
     "monitor": build_monitor,
+    "retrainer": build_retrainer,
 }
 
 
@@ -167,6 +195,13 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
         if isinstance(processor, Served):
             register_routes(app, processor.routes())
     register_worker_pages(app, settings.app_id, readiness, runners, settings.health_stall_s)
+    pinned = {"sentiment"} if settings.sentiment_model != "default" else set()  # else: the registry's champion
+    follower = ModelUpdateFollower(settings, bootstrap, runners, progress, pinned=pinned)
+
+    @app.task
+    async def follow_model_updates() -> None:
+        await follower.run()
+
     readiness.models_loaded = True
     handover = Handover(runners, lambda runner, partitions: restore_from_kafka(
         runner.processor, runner.state, settings, bootstrap, progress, partitions))

@@ -4,7 +4,10 @@ reads of output topics."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from streams.contracts import topics
 from streams.contracts.records import OutRecord, RawRecord
@@ -14,7 +17,7 @@ from streams.contracts.state import MARKER_PREFIX, decode_state_record
 from streams.runtime.kafka_io import make_producer, read_topic, send_all
 from streams.runtime.launcher import REPO, WorkerProcess
 
-__all__ = ["REPO", "WorkerProcess", "checkpoint_key", "collect", "produce", "text_records"]
+__all__ = ["REPO", "WorkerProcess", "checkpoint_key", "collect", "produce", "text_records", "wait_json"]
 
 
 def checkpoint_key(record: RawRecord) -> str:
@@ -55,3 +58,17 @@ def collect(bootstrap: str, topic: str | list[str], want: int, *, match: str, ti
         + (f"; worker log:\n{worker.log()[-3000:]}" if worker else "")
     )
     return list(seen.values())
+
+
+def wait_json(url: str, ready: Callable[[Any], Any], timeout_s: float = 60.0) -> Any:
+    deadline, body = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                body = json.loads(resp.read())
+            if ready(body):
+                return body
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} not ready within {timeout_s} s; last: {str(body)[:2000]}")

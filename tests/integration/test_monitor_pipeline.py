@@ -13,11 +13,7 @@ import random
 import re
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,7 +25,7 @@ from streams.contracts.settings import Settings
 from streams.runtime.embedded import free_port
 from streams.runtime.kafka_io import read_topic
 from tests.integration.browser import console_errors, run_page, screenshot
-from tests.integration.harness import REPO, WorkerProcess, collect, produce, text_records
+from tests.integration.harness import REPO, WorkerProcess, collect, produce, text_records, wait_json
 from tests.integration.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.integration
@@ -86,20 +82,6 @@ def check_dashboard(bootstrap: str, worker: WorkerProcess, tmp_path: Path) -> No
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
-
-
-def wait_json(url: str, ready: Callable[[Any], Any], timeout_s: float = 60.0) -> Any:
-    deadline, body = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                body = json.loads(resp.read())
-            if ready(body):
-                return body
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} not ready within {timeout_s} s; last: {str(body)[:2000]}")
 
 
 def test_a_switch_to_negative_tweets_raises_sentiment_drift_and_none_before(own_broker: str, tmp_path: Path

@@ -67,6 +67,11 @@ function drawTables(state) {
     [`${(+e.value).toFixed(2)} / ${(+e.threshold).toFixed(2)}`]]);
   const versions = Object.entries(state.versions).flatMap(([model, vs]) => vs.map(v => ({model, ...v})));
   rows(document.querySelector("#versions tbody"), versions, v => [[v.model], [v.version], [time(v.from_ts)]]);
+  const numbers = n => Object.entries(n).map(([k, [a, b]]) =>
+    `${k.replace("_accuracy", "")} ${a == null ? "-" : (+a).toFixed(3)} → ${b == null ? "-" : (+b).toFixed(3)}`);
+  rows(document.querySelector("#retraining tbody"), [...state.retraining].reverse().slice(0, 50), e => [
+    [time(e.ts)], [e.model], [e.what, `what-${e.what.replace(/ /g, "-")}`], [e.version || "-"],
+    [numbers(e.numbers).join("; ") || "-"], [e.detail]]);
 }
 
 function drawWorkers(state) {
@@ -101,7 +106,7 @@ async function refresh() {
     drawWorkers(state);
     const points = state.signals.reduce((n, s) => n + s.series.length, 0);
     Object.assign(status.dataset, {signals: state.signals.length, points, episodes: state.episodes.length,
-                                   charts: charts.size});
+                                   charts: charts.size, retraining: state.retraining.length});
     status.textContent = `${state.signals.length} signals · ${state.episodes.length} episode changes · ` +
       `updated ${new Date().toLocaleTimeString()}` + (state.reading ? "" : " · waiting for the drift topics");
   } catch (err) {
