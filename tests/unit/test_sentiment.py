@@ -16,6 +16,7 @@ from models.sentiment import (
     TransformerSentiment,
     int8_speedup,
     length_sorted_batches,
+    load_classifier,
     load_sentiment,
     normalize_labels,
 )
@@ -181,6 +182,26 @@ def test_missing_default_model_says_how_to_build(tmp_path: Path) -> None:
         assert model_dir() == tmp_path
         with pytest.raises(FileNotFoundError, match="streamsense models build"):
             load_sentiment("default")
+    finally:
+        model_store.configure(previous)
+
+
+def test_default_is_the_registry_champion_once_there_is_one_and_its_digest_is_checked(
+        tmp_path: Path, tiny_dir: Path) -> None:
+    """A worker starting after a promotion serves the champion; a changed file refuses to load."""
+    from models.registry import Registry, RegistryError
+
+    registry = Registry(tmp_path / "registry")
+    registry.register("sentiment", tiny_dir, version="7", parent=None, data_window={}, metrics={},
+                      decision={"passed": True}, move=False)
+    registry.promote("sentiment", "7", reason="test")
+    previous = model_store.configure(tmp_path)
+    try:
+        assert load_classifier("default")[2] == "tiny@7"
+        weights = next((tmp_path / "registry" / "sentiment" / "7").glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+        with pytest.raises(RegistryError, match="sha256"):
+            load_classifier("default")
     finally:
         model_store.configure(previous)
 
