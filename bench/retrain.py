@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -108,7 +109,8 @@ def one_run(run: int, args: argparse.Namespace, reviews: list[tuple[str, str]], 
             kafka.send(texts([t for t, _ in shift], "shift"))
             before = kafka.enriched("shift-", len(shift))
             [drift] = kafka.read(topics.DRIFT_EVENTS, lambda got: any(
-                e["model"] == "sentiment" and e["level"] == "drift" for e in got), 120)[-1:]
+                e["model"] == "sentiment" and e["level"] == "drift" and e["ts"] >= switched * 1000 for e in got),
+                120)[-1:]
             labeled_at = time.time()
             kafka.send(labels([(f"shift-{i:04d}", label) for i, (_, label) in enumerate(shift[: args.labels])]))
             [update] = kafka.read(topics.MODEL_UPDATES, lambda got: any(e["action"] == "promote" for e in got), 300)
@@ -148,7 +150,7 @@ def main() -> None:
     args = p.parse_args()
     print(f"# {cpu_model()}; {args.runs} runs; {args.labels} labels", flush=True)
     reviews = load_movie_reviews()
-    tweets = [t for t in load_tweets()[0][-400:]]
+    tweets = random.Random(0).sample(list(load_tweets()[0]), 400)  # the corpus file is grouped by source
     results = []
     for run in range(args.runs):
         r = one_run(run, args, reviews, tweets)

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from models import model_store
@@ -25,6 +26,8 @@ from streams.runtime.kafka_io import (
     read_topic,
     send_all,
 )
+
+PROGRESS_EVERY = 5000  # produce: a progress line per this many events of a large input
 
 
 def say(message: str) -> None:
@@ -147,59 +150,119 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --- produce -------------------------------------------------------------------------------------------
 
-def jsonl_events(args: argparse.Namespace, check: Callable[[dict[str, Any]], Any]) -> Iterator[dict[str, Any]]:
-    """JSON objects from --file (or '-' for stdin), each checked as its topic's consumer would check it; a bad
-    line stops everything with its line number (nothing is sent)."""
-    if not args.file:
-        return
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-    with stream:
-        for lineno, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
+@dataclass(frozen=True)
+class Contract:
+    """How `produce KIND` builds, checks and keys the events of one topic (the checks are the consumers' own)."""
+
+    topic: str
+    key_field: str
+    defaults: Callable[[argparse.Namespace], dict[str, Any]]
+    check: Callable[[dict[str, Any]], Any]
+
+
+def _record_check(parse: Callable[[RawRecord], Any]) -> Callable[[dict[str, Any]], Any]:
+    return lambda event: parse(RawRecord("cli", 0, -1, None, encode(event)))
+
+
+def _contracts() -> dict[str, Contract]:
+    from streams.contracts.recs_events import parse_click, parse_item
+    from streams.contracts.schemas import parse_feedback
+
+    new_id = lambda args: {"id": str(uuid.uuid4()), "source": args.source}  # noqa: E731
+    return {
+        "text": Contract(topics.TEXT_IN, "id", new_id, lambda e: TextIn.parse(encode(e), max_chars=sys.maxsize)),
+        "clicks": Contract(topics.CLICKS, "user_id", lambda _a: {"id": str(uuid.uuid4()), "event": "click",
+                                                                    "ts": int(time.time() * 1000)},
+                           _record_check(parse_click)),
+        "items": Contract(topics.ITEMS, "item_id", lambda _a: {}, _record_check(parse_item)),
+        "feedback": Contract(topics.FEEDBACK, "id", lambda a: {"ts": int(time.time() * 1000), "source": a.source},
+                             parse_feedback),
+    }
+
+
+def _lines(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
+    """(where, line number, line) of the positional arguments, then of --file (or '-': stdin)."""
+    for k, text in enumerate(args.texts, 1):
+        yield "argument", k, text
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        with stream:
+            for lineno, line in enumerate(stream, 1):
+                yield args.file, lineno, line
+
+
+def contract_events(args: argparse.Namespace, contract: Contract) -> Iterator[dict[str, Any]]:
+    """Events as the topic's contract wants them, each checked as its consumer checks it. A bad line stops
+    everything with its place (nothing is sent), or with --skip-invalid is reported and left out."""
+    for where, lineno, line in _lines(args):
+        if not line.strip():
+            continue
+        try:
+            if args.kind == "text" and where == "argument":
+                event = text_in_event(line, event_id=str(uuid.uuid4()), source=args.source)
+            else:
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise ValueError("not a JSON object")
-                event = {"id": str(uuid.uuid4()), "source": args.source, **obj}
-                check(event)
-            except (ValueError, SchemaError) as exc:
-                raise SystemExit(f"{args.file}:{lineno}: {exc}") from None
-            yield event
+                event = {**contract.defaults(args), **obj}
+            contract.check(event)
+        except (ValueError, SchemaError) as exc:  # BadInput is a ValueError
+            if not args.skip_invalid:
+                raise SystemExit(f"{where}:{lineno}: {exc} (nothing was sent; --skip-invalid leaves such lines "
+                                 "out)") from None
+            say(f"skipped {where}:{lineno}: {exc}")
+            continue
+        yield event
 
 
-def text_events(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """Events from arguments, or JSONL: objects with at least `text`."""
-    for text in args.texts:
-        yield text_in_event(text, event_id=str(uuid.uuid4()), source=args.source)
-    yield from jsonl_events(args, lambda e: TextIn.parse(encode(e), max_chars=sys.maxsize))
+def raw_records(args: argparse.Namespace) -> list[OutRecord]:
+    """One message per line, bytes untouched (replays, bad-input drills); the key is --key for all, or each
+    line's --key-field (a line that is not a JSON object with that field is an error: nothing is sent)."""
+    data = (sys.stdin.buffer if args.file in (None, "-") else open(args.file, "rb")).read()  # noqa: SIM115
+    records = []
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line:
+            continue
+        key = args.key.encode() if args.key else None
+        if args.key_field:
+            try:
+                value = json.loads(line)[args.key_field]
+                if not isinstance(value, str | int) or isinstance(value, bool):
+                    raise TypeError(f"{args.key_field!r} is {type(value).__name__}, not a string or integer")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SystemExit(f"{args.file or 'stdin'}:{lineno}: no key field {args.key_field!r} ({exc})") from None
+            key = str(value).encode()
+        records.append(OutRecord(args.topic, key, line))
+    return records
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.kind == "audio":
         return produce_audio(args, settings)
-    if args.kind == "text":
-        records = [OutRecord(topics.TEXT_IN, e["id"].encode(), encode(e)) for e in text_events(args)]
-    elif args.kind == "feedback":  # key = the labeled event's id, as the contract says
-        from streams.contracts.schemas import parse_feedback
-
-        records = [OutRecord(topics.FEEDBACK, e["id"].encode(), encode(e)) for e in jsonl_events(args, parse_feedback)]
-    else:  # raw: one message per line, bytes untouched (for replays and bad-input drills)
-        data = (sys.stdin.buffer if args.file in (None, "-") else open(args.file, "rb")).read()  # noqa: SIM115
-        key = args.key.encode() if args.key else None
-        records = [OutRecord(args.topic, key, line) for line in data.splitlines() if line]
+    if args.kind == "raw":
+        records = raw_records(args)
+    else:
+        contract = _contracts()[args.kind]
+        records = [OutRecord(contract.topic, str(e[contract.key_field]).encode(), encode(e))
+                   for e in contract_events(args, contract)]
     if not records:
-        raise SystemExit("nothing to produce: give texts as arguments or --file PATH|-")
+        raise SystemExit("nothing to produce: give events as arguments or --file PATH|-")
     with kafka_bootstrap(settings, say) as bootstrap:
         ensure_topics(settings, bootstrap)
         producer = make_producer(settings, bootstrap)
         try:
-            sent = send_all(producer, records)
+            sent, started = 0, time.monotonic()
+            for k in range(0, len(records), PROGRESS_EVERY):
+                sent += send_all(producer, records[k : k + PROGRESS_EVERY])
+                if len(records) > PROGRESS_EVERY:
+                    say(f"sent {sent}/{len(records)} to {records[0].topic} "
+                        f"({sent / max(time.monotonic() - started, 1e-9):,.0f} events/s)")
         finally:
             producer.close()
-    for r in records:
-        print(r.key.decode() if r.key else "-")
+    if len(records) <= 100:
+        for r in records:
+            print(r.key.decode() if r.key else "-")
     say(f"produced {sent} messages to {records[0].topic}")
     return 0
 
@@ -240,6 +303,10 @@ def render(record: RawRecord, raw: bool) -> str:
 def cmd_tail(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     with kafka_bootstrap(settings, say) as bootstrap:
+        existing = describe_topics(settings, bootstrap)
+        if args.topic not in existing:
+            raise MissingTopic(f"topic {args.topic!r} does not exist on {bootstrap} (create the pipeline's topics "
+                               f"with `streamsense topics create`; existing: {', '.join(sorted(existing)) or '-'})")
         timeout = None if args.follow else args.timeout
         try:
             for record in read_topic(settings, bootstrap, args.topic, timeout_s=timeout, max_records=args.max,
@@ -361,7 +428,8 @@ def registry_command(args: argparse.Namespace) -> int:
         if args.action == "show":
             shown = registry.get(args.model, args.version) if args.version else registry.champion(args.model)
             if shown is None:
-                raise RegistryError(f"{args.model} has no champion yet")
+                raise RegistryError(f"{args.model} has no champion yet: the retrainer registers the built model as the "
+                                    "first one when it starts (`streamsense run --processors ...,retrainer`)")
             print(json.dumps({**shown.meta, "path": str(shown.path), "champion": registry.alias(args.model, "champion"),
                               "history": registry.history(args.model)[-10:]}, indent=2))
             return 0
@@ -484,13 +552,17 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run, usage_error=r.error)
 
     pr = kafka(sub.add_parser("produce", help="produce events"))
-    pr.add_argument("kind", choices=["text", "feedback", "raw", "audio"])
-    pr.add_argument("texts", nargs="*", help="texts to send as text.in events; audio: one WAV file")
-    pr.add_argument("--file", help="JSONL file of events ('-' for stdin); feedback: {id, label[, text]} per line; "
-                    "raw: lines of bytes")
+    pr.add_argument("kind", choices=["text", "clicks", "items", "feedback", "raw", "audio"],
+                    help="text → text.in (key id); clicks → clicks (key user_id); items → items (key item_id); "
+                    "feedback → feedback (key id); raw: any topic, bytes as given; audio: a WAV file as chunks")
+    pr.add_argument("texts", nargs="*", help="text: texts; clicks/items/feedback: JSON objects; audio: one WAV file")
+    pr.add_argument("--file", help="JSONL file of events ('-' for stdin); raw: lines of bytes")
+    pr.add_argument("--skip-invalid", action="store_true",
+                    help="leave out (and report) events that fail the topic's contract instead of sending nothing")
     pr.add_argument("--source", default="cli")
     pr.add_argument("--topic", default=topics.TEXT_IN, help="raw: destination topic")
-    pr.add_argument("--key", help="raw: message key")
+    pr.add_argument("--key", help="raw: one message key for every line")
+    pr.add_argument("--key-field", help="raw: key each line by this field of its JSON object")
     pr.add_argument("--stream-id", help="audio: stream id (default: a new uuid)")
     pr.add_argument("--chunk-ms", type=int, default=500, help="audio: chunk length (default 500)")
     pr.add_argument("--realtime", action="store_true", help="audio: send no faster than real time")
@@ -545,13 +617,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class MissingTopic(LookupError):
+    """A command named a topic the cluster does not have."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every expected failure is one line on stderr that says what to do, never a traceback."""
+    from kafka.errors import KafkaConnectionError, KafkaError
+
     args = parser().parse_args(argv)
     try:
         model_store.configure(Settings.from_env().model_dir)  # models/ reads no environment: told once, here
         return int(args.func(args) or 0)
-    except (ConfigError, BrokerError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, BrokerError, ValueError, FileNotFoundError, MissingTopic) as exc:
         say(f"error: {exc}")
+        return 2
+    except KafkaError as exc:
+        if isinstance(exc, KafkaConnectionError) or "bootstrap" in str(exc).lower():
+            where = getattr(args, "bootstrap", None) or Settings.from_env().bootstrap or DEFAULT_BOOTSTRAP
+            say(f"error: no Kafka broker answers at {where}: start one (`streamsense broker`) or pass --bootstrap "
+                "HOST:PORT of a running cluster")
+        else:
+            say(f"error: Kafka: {type(exc).__name__}: {exc}")
         return 2
 
 

@@ -21,9 +21,12 @@ from streams.contracts.topics import TOPICS, TopicSpec
 from streams.runtime.embedded import EmbeddedBroker, port_open
 
 
+BOOTSTRAP_TIMEOUT_MS = 8000  # kafka-python's default (30 s) leaves a user staring at a command that cannot connect
+
+
 def client_kwargs(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return {"bootstrap_servers": bootstrap, "client_id": f"{settings.app_id}-tool",
-            **settings.security.kafka_python_kwargs()}
+            "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **settings.security.kafka_python_kwargs()}
 
 
 @contextlib.contextmanager

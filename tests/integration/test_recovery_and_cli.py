@@ -72,6 +72,56 @@ def test_cli_rejects_a_bad_jsonl_line_before_producing(broker: str, tmp_path: Pa
     assert done.returncode != 0 and "bad.jsonl:2: field 'text' must be a string" in done.stderr
 
 
+def keyed(broker: str, topic: str, marker: str) -> list[tuple[str, int, dict]]:
+    """(key, partition, value) of the records of ``topic`` whose value mentions ``marker``, read by an
+    independent consumer."""
+    return [(r.key.decode(), r.partition, json.loads(r.value))
+            for r in read_topic(Settings(bootstrap=broker), broker, topic, timeout_s=30, idle_timeout_s=2)
+            if marker in (r.value or b"").decode()]
+
+
+def test_cli_produces_clicks_items_and_feedback_keyed_as_their_contracts_say(broker: str, tmp_path: Path) -> None:
+    m = uuid.uuid4().hex[:8]
+    clicks = tmp_path / "clicks.jsonl"
+    clicks.write_text("".join(json.dumps({"user_id": f"{m}-u{k % 3}", "item_id": f"{m}-i{k}", "event": "click"}) + "\n"
+                              for k in range(30)))
+    done = streamsense("produce", "clicks", "--file", str(clicks), "--bootstrap", broker)
+    assert done.returncode == 0 and "produced 30 messages to clicks" in done.stderr, done.stderr
+    got = keyed(broker, topics.CLICKS, m)
+    assert len(got) == 30 and all(key == value["user_id"] and value["id"] for key, _, value in got)
+    assert all(len({p for k, p, _ in got if k == user}) == 1 for user in {k for k, _, _ in got})  # one partition each
+    assert len({p for _, p, _ in got}) > 1  # ... and users spread over partitions
+
+    item = json.dumps({"item_id": f"{m}-i1", "title": "Alien (1979)", "genres": ["Horror", "Sci-Fi"]})
+    label = json.dumps({"id": f"{m}-t1", "label": "negative", "text": "dull"})
+    for kind, arg, topic, key in (("items", item, topics.ITEMS, f"{m}-i1"), ("feedback", label, topics.FEEDBACK,
+                                                                            f"{m}-t1")):
+        done = streamsense("produce", kind, arg, "--bootstrap", broker)
+        assert done.returncode == 0, done.stderr
+        assert [k for k, _, _ in keyed(broker, topic, m)] == [key]
+
+    raw = streamsense("produce", "raw", "--topic", topics.CLICKS, "--key-field", "user_id", "--file", "-",
+                      "--bootstrap", broker, input=json.dumps({"id": f"{m}-raw", "user_id": 7, "item_id": 1}) + "\n")
+    assert raw.returncode == 0, raw.stderr
+    assert ("7", f"{m}-raw") in {(k, v["id"]) for k, _, v in keyed(broker, topics.CLICKS, f"{m}-raw")}
+
+
+def test_cli_sends_nothing_for_an_invalid_event_unless_told_to_skip_it(broker: str, tmp_path: Path) -> None:
+    m = uuid.uuid4().hex[:8]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"id": f"{m}-a", "label": "positive"}) + "\n"
+                     + json.dumps({"id": f"{m}-b", "label": "great"}) + "\n")
+    done = streamsense("produce", "feedback", "--file", str(mixed), "--bootstrap", broker)
+    assert done.returncode != 0
+    assert "mixed.jsonl:2: field 'label' must be one of negative|neutral|positive" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and keyed(broker, topics.FEEDBACK, m) == []
+    done = streamsense("produce", "feedback", "--file", str(mixed), "--skip-invalid", "--bootstrap", broker)
+    assert done.returncode == 0 and "skipped" in done.stderr and "mixed.jsonl:2" in done.stderr
+    assert [k for k, _, _ in keyed(broker, topics.FEEDBACK, m)] == [f"{m}-a"]
+    bad_click = streamsense("produce", "clicks", json.dumps({"item_id": 3}), "--bootstrap", broker)
+    assert bad_click.returncode != 0 and "argument:1: field 'user_id'" in bad_click.stderr, bad_click.stderr
+
+
 def test_topics_list_shows_explicit_partition_counts(broker: str) -> None:
     done = streamsense("topics", "list", "--bootstrap", broker)
     assert done.returncode == 0, done.stderr
