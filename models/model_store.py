@@ -36,6 +36,11 @@ def registry_dir() -> Path:
     return model_dir() / "registry"
 
 
+def retrain_cache_dir() -> Path:
+    """The retrainer's embeddings of its replay and holdout tweets (keyed by the encoder's weights)."""
+    return model_dir() / ".retrain-cache"
+
+
 def is_built(path: Path) -> bool:
     """A model directory counts as built only once its weights and config are both in place."""
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))

@@ -47,9 +47,13 @@ class Outcome:
 
 class SentimentRetraining:
     def __init__(self, registry: Registry, *, margin: float, tolerance: float, progress: Progress = print,
-                 default_model: Callable[[], Path] | None = None, **trainer_options: Any) -> None:
-        """``trainer_options``: HeadRetrainer's (replay_size, original_holdout_size, ...)."""
+                 default_model: Callable[[], Path] | None = None, cache_dir: Path | None = None,
+                 **trainer_options: Any) -> None:
+        """``cache_dir``: where the replay/holdout embeddings are kept (keyed by the encoder's weights, so one
+        directory serves every registry; default: inside the registry). ``trainer_options``: HeadRetrainer's
+        (replay_size, original_holdout_size, ...)."""
         self.registry, self.margin, self.tolerance, self.progress = registry, margin, tolerance, progress
+        self.cache_dir = cache_dir if cache_dir is not None else registry.root / ".cache"
         self._default_model = default_model
         self._trainer_options = trainer_options
         self._trainers: dict[str, HeadRetrainer] = {}
@@ -97,13 +101,13 @@ class SentimentRetraining:
 
     def prepare(self) -> None:
         """Embed the champion's replay and holdout tweets now (at worker start, ~40 s on 2 cores the first time,
-        then read from the registry's cache), so the first retrain after an alarm does not pay for it."""
+        then read from the cache), so the first retrain after an alarm does not pay for it."""
         self._trainer(self.champion()).prepare()
 
     def _trainer(self, champion: ModelVersion) -> HeadRetrainer:
         trainer = self._trainers.get(champion.version)
         if trainer is None:
-            trainer = HeadRetrainer(champion.path, cache_dir=self.registry.root / ".cache", progress=self.progress,
+            trainer = HeadRetrainer(champion.path, cache_dir=self.cache_dir, progress=self.progress,
                                     **self._trainer_options)
             self._trainers = {champion.version: trainer}
         return trainer

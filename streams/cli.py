@@ -373,7 +373,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
-    return run_demo(settings_from(args), timeout_s=args.timeout)
+    return run_demo(settings_from(args), timeout_s=args.timeout, keep=args.keep)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -391,7 +391,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             ensure_default_models(progress=say)
     root = model_dir()
     say(f"model directory: {root}")
-    for path in sorted(root.glob("*")) if root.exists() else []:
+    for path in sorted(p for p in root.glob("*") if p.is_dir() and p.name[0] != "." and p.name != "registry"
+                       ) if root.exists() else []:
         metrics_file = path / "metrics.json"
         summary = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         shown = {k: summary[k] for k in ("accuracy", "macro_f1", "n_test") if k in summary}
@@ -590,8 +591,11 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.set_defaults(func=cmd_eval)
 
-    d = kafka(sub.add_parser("demo", help="broker + processors + sample events, then a summary"))
+    d = kafka(sub.add_parser("demo", help="a tour: broker, every processor, samples, recommendations, drift and a "
+                             "retrain, with the dashboard"))
     d.add_argument("--timeout", type=float, default=300.0, help="give up after S seconds (default 300)")
+    d.add_argument("--keep", action="store_true", help="keep the broker, worker and dashboard running afterwards "
+                   "(Ctrl-C stops them)")
     d.set_defaults(func=cmd_demo)
 
     db = kafka(sub.add_parser("dashboard", help="serve the live drift dashboard (a process of its own)"))

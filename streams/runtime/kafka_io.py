@@ -20,7 +20,6 @@ from streams.contracts.settings import DEFAULT_BOOTSTRAP, Settings
 from streams.contracts.topics import TOPICS, TopicSpec
 from streams.runtime.embedded import EmbeddedBroker, port_open
 
-
 BOOTSTRAP_TIMEOUT_MS = 8000  # kafka-python's default (30 s) leaves a user staring at a command that cannot connect
 
 

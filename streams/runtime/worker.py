@@ -94,7 +94,7 @@ def build_recs(settings: Settings, progress: Progress) -> Processor:
 
 
 def build_retrainer(settings: Settings, progress: Progress) -> Processor:
-    from models.model_store import registry_dir
+    from models.model_store import registry_dir, retrain_cache_dir
     from models.registry import Registry
     from models.retraining import SentimentRetraining
     from monitoring.retrain_policy import PolicyConfig, RetrainPolicy
@@ -106,7 +106,8 @@ def build_retrainer(settings: Settings, progress: Progress) -> Processor:
         persistence_events=settings.retrain_persistence_events, min_labels=settings.retrain_min_labels,
         cooldown_s=settings.retrain_cooldown_s, schedule_s=settings.retrain_schedule_s)
     retraining = SentimentRetraining(Registry(registry_dir()), margin=settings.retrain_margin,
-                                     tolerance=settings.retrain_tolerance, progress=progress)
+                                     tolerance=settings.retrain_tolerance, progress=progress,
+                                     cache_dir=retrain_cache_dir())
     champion = retraining.champion()
     retraining.prepare()
     progress(f"retrainer: sentiment champion {champion.version} ({champion.path}); retrain on "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -150,10 +151,16 @@ def test_broker_command_serves_kafka_and_stops_on_sigterm() -> None:
     assert not port_open("127.0.0.1", port)
 
 
-def test_demo_prints_enriched_results_and_exits_zero() -> None:
-    done = streamsense("demo", "--timeout", "240", timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+def test_demo_tours_every_processor_and_exits_zero() -> None:
+    done = streamsense("demo", "--timeout", "300", timeout=420)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     assert "16 enriched, 3 dead letters, 0 missing" in done.stdout
+    assert re.search(r"the drift dashboard: http://127\.0\.0\.1:\d+/", done.stdout)
+    recs = re.search(r"recs: user \S+'s top 10 changed [\d.]+ s after \d+ \w+ likes: (\d+) new items", done.stdout)
+    assert recs and int(recs[1]) > 0, done.stdout[-4000:]
+    loop = re.search(r"retraining: drift, promotion of \S+, accuracy on reviews ([\d.]+) -> ([\d.]+)", done.stdout)
+    assert loop and float(loop[2]) > float(loop[1]) + 0.1, done.stdout[-4000:]
+    assert "the worker swapped without a restart" in done.stdout
     assert "Eiffel Tower/" in done.stdout or "Paris/LOC" in done.stdout
     assert "malformed JSON" in done.stdout and "not valid UTF-8" in done.stdout
     if shutil.which("flite"):  # the spoken clip: its final transcript and its enriched text (source asr)

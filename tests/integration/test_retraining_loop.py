@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from models.model_store import HEAD_MODEL, model_dir
+from models.model_store import HEAD_MODEL, model_dir, retrain_cache_dir
 from models.movie_reviews import load_movie_reviews
 from models.tweets import load_tweets
 from streams.contracts import topics
@@ -114,6 +114,8 @@ def test_drift_labels_retrain_promote_swap_then_reject_poison_and_roll_back_a_ba
     models = tmp_path / "models"
     models.mkdir()
     (models / HEAD_MODEL).symlink_to(model_dir() / HEAD_MODEL)
+    retrain_cache_dir().mkdir(parents=True, exist_ok=True)  # shared: keyed by the encoder's weights
+    (models / retrain_cache_dir().name).symlink_to(retrain_cache_dir())
     env = {"STREAMSENSE_MODEL_DIR": str(models), "STREAMSENSE_DRIFT_REFERENCE_EVENTS": "200",
            "STREAMSENSE_RETRAIN_MIN_LABELS": "300", "STREAMSENSE_RETRAIN_MAX_LABELS": "300",
            "STREAMSENSE_RETRAIN_COOLDOWN_S": "3600", "STREAMSENSE_ROLLBACK_MIN_LABELS": "60",

@@ -1,11 +1,16 @@
-"""`streamsense demo` (what `make demo` runs): a broker, a worker, the bundled samples, a readable summary.
+"""`streamsense demo` (what `make demo` runs): a broker, one worker with every processor, the bundled samples, a tour.
 
-The worker runs as a child process exactly as `streamsense run` would, so the demo exercises the
-production path: real topics, a real consumer group, real commits.
+The worker runs as a child process exactly as `streamsense run` would, so the demo exercises the production
+path: real topics, a real consumer group, real commits. In order:
 
-With Debian's ``flite`` on PATH the demo also speaks one sentence into ``audio.chunks`` (500 ms PCM16
-chunks, as a microphone would send them), so the same run shows speech → final transcript → enriched text;
-without it only the speech part is skipped.
+1. text: sample texts and three malformed messages → enriched texts and dead letters;
+2. speech (with Debian's ``flite`` on PATH): one spoken sentence as 500 ms chunks → final transcript → enriched;
+3. recommendations (recs_tour.py): a MovieLens slice, one user's top 10, a few likes on a genre new to them,
+   the top 10 again seconds later;
+4. drift and retraining (retrain_tour.py): tweets, then movie reviews → a drift event → labels → a promoted
+   challenger the worker swaps in → better accuracy on later reviews.
+
+The drift dashboard runs beside it (its URL is printed); ``--keep`` leaves everything running afterwards.
 """
 
 from __future__ import annotations
@@ -127,73 +132,129 @@ def spoken_clip(run_id: str, workdir: Path) -> Speech | None:
     return Speech(sid, wav_chunks(path, sid, chunk_ms=500))
 
 
-def run_demo(settings: Settings, *, timeout_s: float = 300.0) -> int:
+def demo_model_dir(workdir: Path) -> Path:
+    """The demo's own model directory: the built models linked in, but a registry of its own, so the demo's
+    promotion never becomes the champion a later `streamsense run` serves. The retrainer's embedding cache is
+    shared (keyed by the encoder's weights), so only the first demo pays for it."""
+    from models.model_store import model_dir, retrain_cache_dir
+
+    real, mine = model_dir(), workdir / "models"
+    mine.mkdir(parents=True, exist_ok=True)
+    retrain_cache_dir().mkdir(parents=True, exist_ok=True)
+    for entry in [*real.iterdir()] if real.is_dir() else []:
+        if entry.name != "registry":
+            (mine / entry.name).symlink_to(entry)
+    return mine
+
+
+def start_dashboard(bootstrap: str, worker: WorkerProcess, workdir: Path) -> tuple[subprocess.Popen, str]:
+    from streams.runtime.embedded import free_port
+
+    port = free_port()
+    log = open(workdir / "dashboard.log", "wb")  # noqa: SIM115 (the process keeps it)
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "dashboard", "--bootstrap", bootstrap, "--port",
+                             str(port), "--worker", f"http://127.0.0.1:{worker.web_port}"], stdout=log,
+                            stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def run_demo(settings: Settings, *, timeout_s: float = 300.0, keep: bool = False) -> int:
     from models.sentiment_training import ensure_default_models
+    from streams.demo.recs_tour import print_recs_tour, run_recs_tour
+    from streams.demo.retrain_tour import ENV, print_retrain_tour, run_retrain_tour
 
     ensure_default_models(progress=say)
     run_id = uuid.uuid4().hex[:8]
     started = time.monotonic()
+    recs = retrain = None
     with broker_for(settings) as bootstrap:
         settings = settings.with_overrides(bootstrap=bootstrap)
         ensure_topics(settings, bootstrap)
         workdir = Path(tempfile.mkdtemp(prefix="streamsense-demo-"))
         speech = spoken_clip(run_id, workdir)
-        processors = "text,asr" if speech else "text"
+        processors = ",".join(["text", *(["asr"] if speech else []), "recs", "monitor", "retrainer"])
         worker = WorkerProcess(bootstrap, workdir, processors=processors, app_id=f"streamsense-demo-{run_id}",
+                               env={**ENV, "STREAMSENSE_MODEL_DIR": str(demo_model_dir(workdir))},
                                relay=lambda line: print(f"  worker | {line}", flush=True))
-        say("starting a worker: it loads the models, then joins its consumer group (~10-20 s)")
+        say(f"starting a worker with {processors}: it loads the models, then joins its consumer group (~20-40 s)")
         worker.start()
+        dashboard, url = start_dashboard(bootstrap, worker, workdir)
+        say(f"the drift dashboard: {url} (the worker's metrics: http://127.0.0.1:{worker.web_port}/metrics)")
+        producer = make_producer(settings, bootstrap)
         try:
-            try:
-                worker.wait_ready(timeout_s=max(5.0, timeout_s / 2))
-            except AssertionError:
-                if worker.proc is not None and worker.proc.poll() is not None:
-                    raise
-                say("the worker is not ready yet; producing anyway (outputs wait in Kafka)")
+            worker.wait_ready(timeout_s=max(5.0, timeout_s / 2))
             good, records = demo_records(run_id)
             expected = len(records)
-            producer = make_producer(settings, bootstrap)
             send_all(producer, records + (speech.records if speech else []))
-            producer.close()
             say(f"produced {len(good)} sample texts and {len(BAD_SAMPLES)} malformed messages to {topics.TEXT_IN}")
             if speech:
                 say(f"produced a spoken clip as {len(speech.records)} chunks of 500 ms to {topics.AUDIO_CHUNKS}")
-            enriched: dict[str, dict] = {}
-            dead: list[dict] = []
-            watched = [topics.TEXT_ENRICHED, topics.DEADLETTER]
+            enriched, dead = collect_text_and_speech(settings, bootstrap, worker, run_id, expected, speech,
+                                                     max(5.0, timeout_s - (time.monotonic() - started)))
+            print_summary(good, enriched, dead)
             if speech:
-                watched += [topics.ASR_TRANSCRIPTS, topics.ASR_STATE]
-
-            def finished(_r: object) -> bool:
-                return len(enriched) + len(dead) >= expected and (speech is None or speech.done)
-
-            remaining = max(5.0, timeout_s - (time.monotonic() - started))
-            for rec in read_topic(settings, bootstrap, watched, timeout_s=remaining, stop=finished,
-                                  abort=lambda: worker.proc is not None and worker.proc.poll() is not None):
-                if speech:
-                    speech.see(rec.topic, rec.key, rec.value)
-                if rec.topic == topics.ASR_STATE:
-                    continue
-                event = json.loads(rec.value or b"{}")
-                if rec.topic == topics.TEXT_ENRICHED and event.get("id", "").startswith(f"demo-{run_id}"):
-                    enriched[event["id"]] = event
-                elif rec.topic == topics.DEADLETTER and f"demo-{run_id}" in event.get("value_preview", ""):
-                    dead.append(event)
+                print_speech(speech)
+            recs = run_recs_tour(producer, worker, say)
+            print_recs_tour(recs)
+            retrain = run_retrain_tour(settings, bootstrap, producer, run_id, say)
+            print_retrain_tour(retrain)
+            if keep:
+                say(f"--keep: everything keeps running (dashboard {url}, broker {bootstrap}); Ctrl-C stops it")
+                wait_for_interrupt()
         finally:
+            producer.close()
             worker.stop()
+            dashboard.terminate()
+            dashboard.wait(timeout=20)
         shutil.rmtree(workdir, ignore_errors=True)
-    print_summary(good, enriched, dead)
-    speech_ok = True
-    if speech:
-        print_speech(speech)
-        speech_ok = speech.done and bool(speech.finals)
+    speech_ok = speech is None or (speech.done and bool(speech.finals))
     missing = expected - len(enriched) - len(dead)
     say(f"{len(enriched)} enriched, {len(dead)} dead letters, {missing} missing, "
         f"{time.monotonic() - started:.1f} s in all")
     if speech:
         say(f"speech: {len(speech.finals)} final(s), {len(speech.enriched)} enriched, "
             + ("complete" if speech_ok else "INCOMPLETE"))
-    return 0 if missing == 0 and speech_ok else 1
+    recs_ok = recs is not None and recs.changed > 0
+    say(f"recs: user {recs.user}'s top 10 changed {recs.seconds:.1f} s after {recs.likes} {recs.genre} likes: "
+        f"{recs.changed} new items; {recs.genre} {recs.genre_before} -> {recs.genre_after}" if recs
+        else "recs: INCOMPLETE")
+    retrain_ok = retrain is not None and retrain.served_by_new > 0 and retrain.accuracy_after > retrain.accuracy_before
+    say(f"retraining: drift, promotion of {retrain.update['version']}, accuracy on reviews "
+        f"{retrain.accuracy_before:.2f} -> {retrain.accuracy_after:.2f}" if retrain else "retraining: INCOMPLETE")
+    return 0 if missing == 0 and speech_ok and recs_ok and retrain_ok else 1
+
+
+def wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("stopping")
+
+
+def collect_text_and_speech(settings: Settings, bootstrap: str, worker: WorkerProcess, run_id: str, expected: int,
+                            speech: Speech | None, timeout_s: float) -> tuple[dict[str, dict], list[dict]]:
+    enriched: dict[str, dict] = {}
+    dead: list[dict] = []
+    watched = [topics.TEXT_ENRICHED, topics.DEADLETTER]
+    if speech:
+        watched += [topics.ASR_TRANSCRIPTS, topics.ASR_STATE]
+
+    def finished(_r: object) -> bool:
+        return len(enriched) + len(dead) >= expected and (speech is None or speech.done)
+
+    for rec in read_topic(settings, bootstrap, watched, timeout_s=timeout_s, stop=finished,
+                          abort=lambda: worker.proc is not None and worker.proc.poll() is not None):
+        if speech:
+            speech.see(rec.topic, rec.key, rec.value)
+        if rec.topic == topics.ASR_STATE:
+            continue
+        event = json.loads(rec.value or b"{}")
+        if rec.topic == topics.TEXT_ENRICHED and event.get("id", "").startswith(f"demo-{run_id}"):
+            enriched[event["id"]] = event
+        elif rec.topic == topics.DEADLETTER and f"demo-{run_id}" in event.get("value_preview", ""):
+            dead.append(event)
+    return enriched, dead
 
 
 def print_summary(good: list[dict], enriched: dict[str, dict], dead: list[dict]) -> None:
