@@ -168,3 +168,9 @@ def test_demo_tours_every_processor_and_exits_zero() -> None:
         assert "from Berlin" in done.stdout and "(source asr," in done.stdout
     else:
         assert "flite is not on PATH: skipping the speech part" in done.stdout
+
+
+def test_tail_of_a_missing_topic_is_one_line_saying_what_to_run(broker: str) -> None:
+    done = streamsense("tail", "no.such.topic", "--bootstrap", broker)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "topic 'no.such.topic' does not exist" in done.stderr and "streamsense topics create" in done.stderr
