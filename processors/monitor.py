@@ -26,9 +26,7 @@ and gap transcripts) only advance the offsets.
 
 from __future__ import annotations
 
-import json
 import math
-import zlib
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any
@@ -49,7 +47,7 @@ from streams.contracts.schemas import (
     now_ms,
     validate_text_enriched,
 )
-from streams.contracts.state import TP, Checkpoint
+from streams.contracts.state import TP, Checkpoint, json_checkpoint, json_state
 
 Observation = tuple[str, str, str, Any]  # model, version, signal, value
 
@@ -213,13 +211,12 @@ class MonitorProcessor:
             return []
         self._checkpoint_at, self._changed = now_ms, False
         state = {**self.monitor.state(), "hits": self.hits.state(), "click_counts": self.click_counts.state()}
-        data = zlib.compress(json.dumps(state, separators=(",", ":")).encode())
-        return [Checkpoint(STATE_KEY, data, dict(self.offsets))]
+        return [json_checkpoint(STATE_KEY, state, self.offsets)]
 
     def restore(self, checkpoints: Sequence[Checkpoint]) -> None:
         for cp in checkpoints:
             if cp.key == STATE_KEY:
-                state = json.loads(zlib.decompress(cp.data))
+                state = json_state(cp)
                 self.monitor.restore(state)
                 if "hits" in state:
                     self.hits = HitTracker.from_state(state["hits"])

@@ -29,9 +29,7 @@ the request's id, so the registry recognises a challenger it already judged.
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,7 +59,7 @@ from streams.contracts.schemas import (
     retrain_request,
     validate_text_enriched,
 )
-from streams.contracts.state import TP, Checkpoint
+from streams.contracts.state import TP, Checkpoint, json_checkpoint, json_state
 
 log = logging.getLogger(__name__)
 
@@ -272,13 +270,12 @@ class RetrainerProcessor:
         self._checkpoint_at, self._changed = now_ms, False
         state = {"labels": list(self.labels), "policy": self.policy.state(), "watch": self.watch.state(),
                  "pending": {i: [p.label, p.ts, _record_state(p.record)] for i, p in self.pending.items()}}
-        data = zlib.compress(json.dumps(state, separators=(",", ":")).encode())
-        return [Checkpoint(STATE_KEY, data, dict(self.offsets))]
+        return [json_checkpoint(STATE_KEY, state, self.offsets)]
 
     def restore(self, checkpoints: Sequence[Checkpoint]) -> None:
         for cp in checkpoints:
             if cp.key == STATE_KEY:
-                state = json.loads(zlib.decompress(cp.data))
+                state = json_state(cp)
                 self.labels.extend(tuple(x) for x in state["labels"])  # type: ignore[misc]
                 self.policy.restore(state["policy"])
                 self.watch.restore(state["watch"])

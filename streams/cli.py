@@ -248,6 +248,17 @@ def cmd_produce(args: argparse.Namespace) -> int:
                    for e in contract_events(args, contract)]
     if not records:
         raise SystemExit("nothing to produce: give events as arguments or --file PATH|-")
+    sent = send_records(settings, records)
+    if len(records) <= 100:
+        for r in records:
+            print(r.key.decode() if r.key else "-")
+    say(f"produced {sent} messages to {records[0].topic}")
+    return 0
+
+
+def send_records(settings: Settings, records: Sequence[OutRecord]) -> int:
+    """Send and wait for every acknowledgement (topics are created first); a progress line per
+    ``PROGRESS_EVERY`` records of a large input."""
     with kafka_bootstrap(settings, say) as bootstrap:
         ensure_topics(settings, bootstrap)
         producer = make_producer(settings, bootstrap)
@@ -260,11 +271,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
                         f"({sent / max(time.monotonic() - started, 1e-9):,.0f} events/s)")
         finally:
             producer.close()
-    if len(records) <= 100:
-        for r in records:
-            print(r.key.decode() if r.key else "-")
-    say(f"produced {sent} messages to {records[0].topic}")
-    return 0
+    return sent
 
 
 def produce_audio(args: argparse.Namespace, settings: Settings) -> int:
@@ -453,14 +460,7 @@ def registry_command(args: argparse.Namespace) -> int:
                           action=action, metrics={"champion": {}, "challenger": dict(target.meta.get("metrics", {}))},
                           data_window=dict(target.meta.get("data_window", {})), registry_path=str(target.path),
                           sha256=str(target.meta["sha256"]), reason=reason)
-    settings = settings_from(args)
-    with kafka_bootstrap(settings, say) as bootstrap:
-        ensure_topics(settings, bootstrap)
-        producer = make_producer(settings, bootstrap)
-        try:
-            send_all(producer, [OutRecord(topics.MODEL_UPDATES, args.model.encode(), encode(update))])
-        finally:
-            producer.close()
+    send_records(settings_from(args), [OutRecord(topics.MODEL_UPDATES, args.model.encode(), encode(update))])
     if action == "promote":
         registry.promote(args.model, target.version, reason=reason)
     else:
@@ -477,14 +477,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     ts = now_ms()
     request = retrain_request(f"{args.model}:manual:{ts}:{uuid.uuid4().hex[:6]}", ts=ts, model=args.model,
                               reason="manual", requested_by=args.requested_by)
-    settings = settings_from(args)
-    with kafka_bootstrap(settings, say) as bootstrap:
-        ensure_topics(settings, bootstrap)
-        producer = make_producer(settings, bootstrap)
-        try:
-            send_all(producer, [OutRecord(topics.RETRAIN_REQUESTS, args.model.encode(), encode(request))])
-        finally:
-            producer.close()
+    send_records(settings_from(args), [OutRecord(topics.RETRAIN_REQUESTS, args.model.encode(), encode(request))])
     print(request["id"])
     say(f"retrain of {args.model} requested; follow it with: streamsense tail {topics.RETRAIN_DECISIONS} -f")
     return 0

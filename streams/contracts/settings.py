@@ -11,44 +11,45 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from models.model_store import DEFAULT_MODEL_DIR
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
+T = TypeVar("T", int, float)
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _env_number(env: Mapping[str, str], name: str, default: T, parse: Callable[[str], T], kind: str,
+                minimum: float, maximum: float) -> T:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
+        raise ConfigError(f"{name}={raw!r} is not {kind}") from exc
     if value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum}")
+    if value > maximum:
+        raise ConfigError(f"{name}={value} must be <= {maximum}")
     return value
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    return _env_number(env, name, default, int, "an integer", minimum, float("inf"))
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0, maximum: float = 1.0
                ) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not a number") from exc
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name}={value} must be between {minimum} and {maximum}")
-    return value
+    return _env_number(env, name, default, float, "a number", minimum, maximum)
 
 
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:

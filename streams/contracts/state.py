@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,16 @@ class Checkpoint:
     data: bytes
     offsets: Mapping[TP, int] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)  # small facts shown on the state topic (version, ...)
+
+
+def json_checkpoint(key: str, state: Mapping[str, Any], offsets: Mapping[TP, int]) -> Checkpoint:
+    """A checkpoint of JSON-able state, zlib-compressed (counters and detector state compress ~5x), for the
+    processors whose whole state is one inline record (monitor, retrainer)."""
+    return Checkpoint(key, zlib.compress(json.dumps(state, separators=(",", ":")).encode()), dict(offsets))
+
+
+def json_state(cp: Checkpoint) -> dict[str, Any]:
+    return json.loads(zlib.decompress(cp.data))
 
 
 @dataclass(frozen=True)
