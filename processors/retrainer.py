@@ -205,6 +205,11 @@ class RetrainerProcessor:
         except (ValueError, RegistryError) as exc:  # too few labels of a kind, a registry conflict: say so, go on
             metrics.RETRAINS.labels(model, "failed").inc()
             return [self._decision_record(model, "failed", "training", str(exc), request_id=request["id"])]
+        except Exception as exc:  # a bug or a broken model file: this request fails, the batch and the loop go on
+            log.exception("retrainer: training %s for request %s failed", model, request["id"])
+            metrics.RETRAINS.labels(model, "failed").inc()
+            return [self._decision_record(model, "failed", "error", f"{type(exc).__name__}: {exc}",
+                                          request_id=request["id"])]
         metrics.RETRAINS.labels(model, outcome.decision).inc()
         out = [self._decision_record(model, outcome.decision, request["reason"], outcome.reason,
                                      request_id=request["id"], version=outcome.version, metrics=outcome.metrics)]

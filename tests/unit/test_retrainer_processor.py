@@ -152,3 +152,17 @@ def test_requests_for_models_without_a_retrainer_are_skipped_with_the_reason(tmp
     request = {"id": "r1", "ts": 1, "model": "recs", "reason": "manual", "requested_by": "test"}
     [decision] = values(worker.run([log.record(topics.RETRAIN_REQUESTS, "recs", request)]), topics.RETRAIN_DECISIONS)
     assert decision["decision"] == "skipped" and "online" in decision["detail"]
+
+
+def test_a_retrain_that_breaks_is_a_failed_decision_not_a_crash_or_a_dead_batch(tmp_path: Path) -> None:
+    clock, log = Clock(), Offsets()
+    retraining = SentimentRetraining(Registry(tmp_path / "registry"), margin=0.02, tolerance=0.05,
+                                     default_model=lambda: tmp_path / "no-such-model", progress=lambda _m: None)
+    worker = InProcessWorker(RetrainerProcessor(retraining, RetrainPolicy({}), RollbackWatch(), clock=clock),
+                             clock=clock)
+    request = {"id": "r1", "ts": 1, "model": "sentiment", "reason": "manual", "requested_by": "test"}
+    out = worker.run([log.record(topics.FEEDBACK, "a", feedback("a", "positive", "fine film")),
+                      log.record(topics.RETRAIN_REQUESTS, "sentiment", request)])
+    [decision] = values(out, topics.RETRAIN_DECISIONS)
+    assert (decision["decision"], decision["reason"]) == ("failed", "error") and "no-such-model" in decision["detail"]
+    assert values(out, topics.DEADLETTER) == []
