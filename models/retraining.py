@@ -3,8 +3,9 @@
 The registry is the source of truth for what serves: the champion alias names it, every challenger is kept
 (promoted or not) with its metrics and the gate's reason, and `model.updates` only ever points into it. On
 first use (a retrainer starting) the built default model is registered as the initial champion, so there is
-always something to roll back to. Retrains are idempotent by version: the version is derived from the request, so a request processed
-again after a crash finds its challenger registered and reports the same outcome instead of training twice.
+always something to roll back to. Retrains are idempotent by version: the version is derived from the request,
+so a request processed again after a crash finds its challenger registered and reports the same outcome
+instead of training twice.
 """
 
 from __future__ import annotations
