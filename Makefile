@@ -41,7 +41,7 @@ demo: models
 
 test: models
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 test-unit: models
 	$(BIN)/python -m pytest -m "not integration"

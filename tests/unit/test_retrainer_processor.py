@@ -34,11 +34,17 @@ def reviews() -> list[tuple[str, str]]:
     return load_movie_reviews()[:400]
 
 
-def retrainer(tmp_path: Path, clock: Clock, min_labels: int = 120) -> RetrainerProcessor:
+@pytest.fixture(scope="module")
+def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of the replay/holdout embeddings for the module's registries (keyed by the encoder)."""
+    return tmp_path_factory.mktemp("retrain-cache")
+
+
+def retrainer(tmp_path: Path, clock: Clock, min_labels: int = 120, cache: Path | None = None) -> RetrainerProcessor:
     # a small replay set forgets more of the tweets: a wide tolerance (the gate itself: test_sentiment_retrain)
     retraining = SentimentRetraining(Registry(tmp_path / "registry"), margin=0.02, tolerance=0.2,
                                      default_model=lambda: model_dir() / HEAD_MODEL, progress=lambda _m: None,
-                                     replay_size=200, original_holdout_size=200)
+                                     cache_dir=cache, replay_size=200, original_holdout_size=200)
     policy = RetrainPolicy({"sentiment": PolicyConfig(min_labels=min_labels, cooldown_s=0, schedule_s=0)})
     return RetrainerProcessor(retraining, policy, RollbackWatch(min_labels=30, threshold=0.1), join_s=60,
                               checkpoint_s=0, clock=clock)
@@ -76,9 +82,10 @@ def values(outputs: list[OutRecord], topic: str) -> list[dict]:
     return [json.loads(o.value) for o in outputs if o.topic == topic]
 
 
-def test_drift_then_labels_retrain_promote_and_a_bad_promotion_rolls_back(tmp_path: Path, reviews) -> None:
+def test_drift_then_labels_retrain_promote_and_a_bad_promotion_rolls_back(tmp_path: Path, reviews,
+                                                                          embeddings: Path) -> None:
     clock, log = Clock(), Offsets()
-    processor = retrainer(tmp_path, clock)
+    processor = retrainer(tmp_path, clock, cache=embeddings)
     worker = InProcessWorker(processor, clock=clock)
     champion = processor.retraining.champion().version
     out = worker.run([log.record(topics.DRIFT_EVENTS, "sentiment", drift_event())])
@@ -125,7 +132,7 @@ def test_drift_then_labels_retrain_promote_and_a_bad_promotion_rolls_back(tmp_pa
     assert registry.alias("sentiment", "champion") == new
 
     # state survives a restart: labels, policy and watch come back from the checkpoint
-    copy = retrainer(tmp_path, clock)
+    copy = retrainer(tmp_path, clock, cache=embeddings)
     restart(copy, worker.state(), worker.store)
     assert list(copy.labels) == list(processor.labels)
     assert copy.watch.state() == processor.watch.state() and copy.policy.state() == processor.policy.state()
