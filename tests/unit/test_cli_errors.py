@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from models import model_store
 from streams.cli import main
 from streams.runtime.embedded import free_port
+
+
+@pytest.fixture(autouse=True)
+def keep_model_dir():
+    """`main` configures the process's model directory from the environment: put back the session's, or every
+    later test in this process would build its own default model under a deleted temporary directory."""
+    previous = model_store.configure(None)
+    model_store.configure(previous)
+    yield
+    model_store.configure(previous)
 
 
 @pytest.mark.parametrize("argv", [["produce", "text", "hello"], ["tail", "text.in"]])  # producer, consumer path
