@@ -51,11 +51,19 @@ class RollbackWatch:
         return sum(outcomes) / len(outcomes) if outcomes else None
 
     def promoted(self, model: str, version: str, previous: str | None) -> None:
-        """Start watching ``version``; the predecessor's recent accuracy is the bar it has to clear."""
+        """Start watching ``version``; the predecessor's recent accuracy is the bar it has to clear. The same
+        announcement read again (a replay, the retrainer's own promotion coming back) keeps the watch going."""
+        watching = self.watches.get(model)
+        if watching is not None and watching.version == version:
+            return
         if previous is None or version == previous:
             self.watches.pop(model, None)
             return
         self.watches[model] = _Watch(version, previous, self.accuracy(model, previous))
+
+    def stop(self, model: str) -> None:
+        """A rollback (or any move away from the watched version) ends its watch."""
+        self.watches.pop(model, None)
 
     def scored(self, model: str, version: str, correct: bool) -> Verdict | None:
         """One label for an output of ``version``; a verdict once the watched version has enough labels."""

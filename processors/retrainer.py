@@ -231,11 +231,9 @@ class RetrainerProcessor:
         if update["model"] != SENTIMENT:
             return []
         if update["action"] == "promote":
-            watching = self.watch.watches.get(SENTIMENT)
-            if watching is None or watching.version != update["version"]:
-                self.watch.promoted(SENTIMENT, update["version"], update.get("previous_version"))
+            self.watch.promoted(SENTIMENT, update["version"], update.get("previous_version"))
         else:
-            self.watch.watches.pop(SENTIMENT, None)
+            self.watch.stop(SENTIMENT)
         return []
 
     def _judged(self, verdict: Verdict) -> list[OutRecord]:
