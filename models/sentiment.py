@@ -80,13 +80,14 @@ class MeanPoolBertForSequenceClassification(BertPreTrainedModel):
     ) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
+        encoded = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            output_hidden_states=bool(kwargs.get("output_hidden_states")),
+        )  # fmt: skip
+        hidden = encoded.last_hidden_state
         logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        states = (hidden,) if kwargs.get("output_hidden_states") else None
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=states)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
 
 
 def _register_auto_classes() -> None:
@@ -149,7 +150,13 @@ def length_sorted_batches(
         list(texts), truncation=True, max_length=max_length, padding=False,
         return_attention_mask=False, return_token_type_ids=False,
     )["input_ids"]  # fmt: skip
-    pad_id = tokenizer.pad_token_id or 0
+    yield from padded_groups(ids, tokenizer.pad_token_id or 0, batch_size, slack=slack)
+
+
+def padded_groups(
+    ids: Sequence[Sequence[int]], pad_id: int, batch_size: int, *, slack: float = 0.15
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """`length_sorted_batches` over already tokenized texts (callers that also need offsets tokenize once)."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     groups: list[list[int]] = []
     for i in order:
@@ -294,30 +301,48 @@ class TransformerSentiment:
         """(n, 3) probabilities in SENTIMENT_LABELS order, rows in input order."""
         return self._run(texts, embed=False)[0]
 
-    def _run(self, texts: Sequence[str], *, embed: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities and (with ``embed``) the projected sentence embeddings: the mean over real tokens of
-        the last hidden layer, times a fixed random matrix (`embedding_projection`)."""
+    def _run(
+        self, texts: Sequence[str], *, embed: bool, layers: Sequence[int] = ()
+    ) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray | None]]:
+        """Probabilities, (with ``embed``) the projected sentence embeddings — the mean over real tokens of
+        the last hidden layer, times a fixed random matrix (`embedding_projection`) — and (with ``layers``)
+        those hidden layers' states per text over its real tokens, for a token model sharing this pass."""
         out = np.zeros((len(texts), len(SENTIMENT_LABELS)), dtype=np.float32)
         vectors = np.zeros((len(texts), EMBEDDING_DIMS), dtype=np.float32) if embed else None
+        states: list[np.ndarray | None] = [None] * len(texts)
         if not texts:
-            return out, vectors
+            return out, vectors, states
         with torch.inference_mode():
             for idx, input_ids, mask in length_sorted_batches(
                 self.tokenizer, texts, self.max_length, self.batch_size
             ):
-                result = self._runner(input_ids=input_ids, attention_mask=mask, output_hidden_states=embed)
+                result = self._runner(
+                    input_ids=input_ids, attention_mask=mask, output_hidden_states=embed or bool(layers)
+                )
                 out[idx] = (torch.softmax(result.logits.float(), dim=-1) @ self._fold).numpy()
                 if vectors is not None and result.hidden_states:
                     pooled = mean_pool(result.hidden_states[-1].float(), mask)
                     vectors[idx] = (pooled @ embedding_projection(pooled.shape[-1])).numpy()
-        return out, vectors
+                if layers:
+                    selected = torch.cat([result.hidden_states[k] for k in layers], dim=-1).float().numpy()
+                    lengths = mask.sum(1).tolist()
+                    for row, i in enumerate(idx):
+                        states[i] = selected[row, : lengths[row]]
+        return out, vectors, states
 
     def predict(self, texts: Sequence[str]) -> list[Sentiment]:
-        probs, vectors = self._run(texts, embed=True)
+        return self.predict_with_states(texts)[0]
+
+    def predict_with_states(
+        self, texts: Sequence[str], layers: Sequence[int] = ()
+    ) -> tuple[list[Sentiment], list[np.ndarray | None]]:
+        """Sentiments plus the encoder states of ``layers`` (see `_run`), so NER can reuse this pass."""
+        probs, vectors, states = self._run(texts, embed=True, layers=layers)
         best = probs.argmax(axis=1)
         assert vectors is not None
-        return [Sentiment(SENTIMENT_LABELS[b], float(p[b]), tuple(float(x) for x in v))
-                for b, p, v in zip(best, probs, vectors, strict=True)]
+        sentiments = [Sentiment(SENTIMENT_LABELS[b], float(p[b]), tuple(float(x) for x in v))
+                      for b, p, v in zip(best, probs, vectors, strict=True)]
+        return sentiments, states
 
 
 REGISTRY_NAME = "sentiment"  # the model's name in the registry, on model.updates and in text.enriched's models

@@ -253,7 +253,14 @@ def build_sentiment(
 
 
 def ensure_default_models(progress: Progress = print) -> None:
-    """Idempotent CI/`make test` set-up: builds the head model only when it is not already there."""
+    """Idempotent CI/`make test` set-up: builds the default sentiment head and NER head when missing."""
+    from models.ner_training import ensure_default_ner
+
+    ensure_default_sentiment(progress)
+    ensure_default_ner(progress)
+
+
+def ensure_default_sentiment(progress: Progress = print) -> None:
     target = model_dir() / HEAD_MODEL
     if is_built(target):
         recipe = json.loads((target / "metrics.json").read_text()).get("recipe") if (

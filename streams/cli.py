@@ -402,7 +402,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                        ) if root.exists() else []:
         metrics_file = path / "metrics.json"
         summary = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        shown = {k: summary[k] for k in ("accuracy", "macro_f1", "n_test") if k in summary}
+        keys = ("accuracy", "macro_f1", "test_f1", "test_all_caps_f1", "n_test")
+        shown = {k: summary[k] for k in keys if k in summary}
         print(f"{path.name:<32} {json.dumps(shown)}")
     registry = open_registry()
     for model in registry.models():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-from models.ner import SpacyNER, load_ner, normalize_entity_label
+from models.ner import SPACY_NER, SpacyNER, load_ner, normalize_entity_label
 from models.sentiment_training import encoder_path
 from models.text_types import ENTITY_LABELS, Entity
 
@@ -49,7 +49,7 @@ def _check_spans(texts: list[str], results: list[list[Entity]]) -> None:
 
 @pytest.fixture(scope="module")
 def spacy_ner() -> SpacyNER:
-    ner = load_ner()
+    ner = load_ner(SPACY_NER)
     assert isinstance(ner, SpacyNER)
     return ner
 
