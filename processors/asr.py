@@ -2,7 +2,8 @@
 
 A batch-in, records-out function like processors/text.py; the runtime only moves bytes. Per stream:
 chunks are decoded (models/audio.py), deduplicated and reordered by seq (StreamBuffer), cut into speech
-segments by an energy VAD, and all streams' segments of a batch are transcribed together (models/asr_engine).
+segments by a VAD (Silero by default; models/speech_segmenter.py), and all streams' segments of a batch are
+transcribed together (models/asr_engine).
 
 Output contract (documented here because consumers rely on it):
 - A final transcript's id is f"{stream_id}:{segment_index}"; indexes count only segments that produced
@@ -24,7 +25,8 @@ Output contract (documented here because consumers rely on it):
 - Bad chunks become dead letters with the decoder's reason; other streams are unaffected.
 - After each batch the touched streams' open state is checkpointed (`checkpoints`; the runtime's state store
   writes it to ``asr.state`` after the batch's transcripts), so a restart neither loses buffered audio nor
-  repeats a final segment.
+  repeats a final segment. The checkpoint holds the VAD's whole state (its model state and the audio it still
+  holds), so a restored stream is cut exactly as it would have been without the restart.
 
 Why checkpoints: Faust commits a batch's offsets once its outputs are delivered, so audio still buffered
 (an open segment, chunks waiting for a missing seq) would be lost on a crash. Whenever the worker is assigned
@@ -41,7 +43,7 @@ stops waiting for the oldest missing chunk as if the reorder window had passed: 
 says why), the buffered audio goes on to the VAD, and the checkpoint again holds exactly the stream's state,
 so a restart still neither loses nor repeats a final. Counting is without compression (noise does not shrink).
 
-Size: ~445 lines, over the ~400 the codebase aims at, because the per-stream state machine (release order →
+Size: ~460 lines, over the ~400 the codebase aims at, because the per-stream state machine (release order →
 VAD → segments → finals, partials and gaps → checkpoint) is one unit whose pieces share the stream's state;
 what could leave did (chunk headers and the state layout are contracts in streams/contracts/).
 """
@@ -51,14 +53,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from models.asr_engine import Transcription, Word
 from models.audio import AudioError, decode_chunk
-from models.speech_segmenter import SAMPLE_RATE, EnergyVAD, Segment, StreamBuffer, VADConfig
+from models.speech_segmenter import SAMPLE_RATE, Segment, SpeechDetector, StreamBuffer, VADConfig
 from monitoring import metrics
 from streams.contracts import topics
 from streams.contracts.asr_state import StreamCheckpoint, checkpoint_size_bound, decode_checkpoint, encode_checkpoint
@@ -84,24 +86,23 @@ class Transcriber(Protocol):
 
 @dataclass
 class StreamState:
-    """One stream: ordered release (buffer) → VAD, plus the audio tail a checkpoint must carry.
+    """One stream: ordered release (buffer) → VAD (which holds the audio an open segment may still need).
 
-    Times: the VAD counts from its own start; ``base_s`` maps that to stream time (non-zero after a restore).
+    Times: the VAD counts from its own start; ``base_s`` maps that to stream time (non-zero after a restore
+    that re-reads audio into a fresh VAD).
     """
 
     stream_id: str
     buffer: StreamBuffer
-    vad: EnergyVAD
+    vad: SpeechDetector
     next_index: int = 0
     base_s: float = 0.0
-    tail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    tail_start_s: float = 0.0
     ended: bool = False
     last_seen_ms: int = 0
     idle_flushed: bool = False  # flushed once for the current silence; reset by the next chunk
     partition: int | None = None  # input partition, so this stream's outputs keep their order
     offset: int = -1  # offset of the last chunk applied (the checkpoint's input offset)
-    replay: np.ndarray | None = None  # restored tail, fed to the VAD before the next audio
+    replay: np.ndarray | None = None  # restored audio without a usable VAD state, re-read before the next audio
     word_timestamps: bool | None = None  # set by the stream's chunk headers; None: the processor default
     partial_at_s: float = 0.0  # VAD time of the last partial's end (partials are not checkpointed)
     partial_index: int | None = None  # segment index of a partial not yet superseded by a final
@@ -163,13 +164,15 @@ class AsrProcessor:
             raise ValueError(f"partial_interval_ms={partial_interval_ms} must be >= 0 (0: no partials)")
         self.partial_interval_s = partial_interval_ms / 1000
         self.max_state_bytes = max_state_bytes
-        keep = int(self._tail_keep_s() * SAMPLE_RATE)
-        worst = StreamCheckpoint("\U0001f600" * MAX_STREAM_ID, 2**62, 2**62, 1e9, np.zeros(keep, np.float32),
-                                 eos_seq=2**62, last_seen_ms=2**62, word_timestamps=False)
+        keep = int(self.vad_config.retained_s() * SAMPLE_RATE) + 1
+        vad_state, _audio = SpeechDetector(self.vad_config).snapshot()  # also fails fast without the VAD model
+        worst = StreamCheckpoint("\U0001f600" * MAX_STREAM_ID, 2**62, 2**62, -1.2345678901234567e300,
+                                 np.zeros(keep, np.float32), eos_seq=2**62, last_seen_ms=2**62, word_timestamps=False,
+                                 base_s=-1.2345678901234567e300, vad=_widest(vad_state))
         if checkpoint_size_bound(worst) > max_state_bytes:
             raise ValueError(f"max_state_bytes={max_state_bytes} cannot hold a stream's tail of "
-                             f"{self._tail_keep_s():.1f} s (max_segment_s {self.vad_config.max_segment_s:g}); "
-                             f"need at least {checkpoint_size_bound(worst)}")
+                             f"{self.vad_config.retained_s():.1f} s (max_segment_s "
+                             f"{self.vad_config.max_segment_s:g}); need at least {checkpoint_size_bound(worst)}")
         self.streams: dict[str, StreamState] = {}
         self._dirty: dict[str, StreamState] = {}  # streams changed since the last checkpoints() call
 
@@ -263,22 +266,28 @@ class AsrProcessor:
     def _stream(self, stream_id: str) -> StreamState:
         state = self.streams.get(stream_id)
         if state is None:
-            state = StreamState(stream_id, StreamBuffer(window=self.window), EnergyVAD(self.vad_config))
+            state = StreamState(stream_id, StreamBuffer(window=self.window), SpeechDetector(self.vad_config))
             self.streams[stream_id] = state
         return state
 
     def _restore(self, cp: StreamCheckpoint) -> StreamState:
-        """Continue from a checkpoint: a fresh VAD re-reads the tail (its noise floor re-adapts within ~1 s)."""
+        """Continue from a checkpoint: the VAD from its saved state, exactly; if there is none (a version-1
+        checkpoint) or it cannot continue (the VAD kind was changed), a fresh VAD re-reads the saved audio."""
         buffer = StreamBuffer(window=self.window, next_seq=cp.next_seq, pending=dict(cp.pending), eos_seq=cp.eos_seq)
-        state = StreamState(cp.stream_id, buffer, EnergyVAD(self.vad_config), next_index=cp.next_index,
-                            base_s=cp.tail_start_s, tail_start_s=cp.tail_start_s, ended=cp.ended,
+        vad = None
+        if cp.vad is not None and cp.base_s is not None and not cp.ended:
+            try:
+                vad = SpeechDetector.restore(self.vad_config, cp.vad, cp.tail)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.info("asr stream %s: re-reading its audio into a fresh VAD: %s", cp.stream_id, exc)
+        state = StreamState(cp.stream_id, buffer, vad or SpeechDetector(self.vad_config), next_index=cp.next_index,
+                            base_s=cp.base_s if vad else cp.tail_start_s, ended=cp.ended,
                             last_seen_ms=cp.last_seen_ms, word_timestamps=cp.word_timestamps)
-        if cp.tail.size and not cp.ended:
-            state.tail, state.replay = cp.tail, cp.tail
+        if vad is None and cp.tail.size and not cp.ended:
+            state.replay = cp.tail
         return state
 
     def _push_audio(self, state: StreamState, samples: np.ndarray) -> list[Segment]:
-        state.tail = np.concatenate([state.tail, samples])
         if state.replay is not None:
             samples, state.replay = np.concatenate([state.replay, samples]), None
         return state.vad.push(samples)
@@ -298,7 +307,6 @@ class AsrProcessor:
                 if eos:
                     pending.extend(_Pending(state, s, chunk_seq) for s in state.vad.flush())
                     state.ended = True
-            self._trim_tail(state)
             if not state.buffer.pending:
                 return
             size = checkpoint_size_bound(self._snapshot(state))
@@ -310,25 +318,6 @@ class AsrProcessor:
                       f"buffered, over the {self.max_state_bytes}-byte checkpoint bound")
             log.warning("asr stream %s: %s", state.stream_id, reason)
             released = state.buffer.give_up_hole()
-
-    def _tail_keep_s(self) -> float:
-        return self.vad_config.max_segment_s + self.vad_config.pad_s + self.vad_config.hangover_s
-
-    def _trim_tail(self, state: StreamState) -> None:
-        """Keep only audio an open segment may still need: bounded by the max segment length (+ padding)."""
-        keep_s = 0.0 if state.ended else self._tail_keep_s()
-        drop = state.tail.size - int(keep_s * SAMPLE_RATE)
-        if drop > 0:
-            state.tail = state.tail[drop:]
-            state.tail_start_s += drop / SAMPLE_RATE
-
-    def _after_segment(self, state: StreamState, end_s: float) -> None:
-        """A final segment is out: the tail no longer needs audio before its end."""
-        drop = round((end_s - state.tail_start_s) * SAMPLE_RATE)
-        if drop > 0:
-            drop = min(drop, state.tail.size)
-            state.tail = state.tail[drop:]
-            state.tail_start_s += drop / SAMPLE_RATE
 
     # --- outputs -----------------------------------------------------------------------------------------------
 
@@ -349,7 +338,6 @@ class AsrProcessor:
         for p, result in zip(pending, results[: len(pending)], strict=True):
             state = p.state
             start, end = state.base_s + p.segment.start_s, state.base_s + p.segment.end_s
-            self._after_segment(state, end)
             if state.partial_index is not None:
                 # The first segment to close after a partial is the one it previewed: its final (same index)
                 # supersedes the partial; if it has no text, an empty partial withdraws the preview.
@@ -437,11 +425,19 @@ class AsrProcessor:
 
     @staticmethod
     def _snapshot(state: StreamState) -> StreamCheckpoint:
+        vad: dict[str, Any] | None = None
+        if state.ended:
+            tail, tail_start = np.zeros(0, np.float32), state.base_s + state.vad.position_s
+        elif state.replay is not None:  # restored audio not re-read yet: a restore re-reads it again
+            tail, tail_start = state.replay, state.base_s
+        else:
+            vad, tail = state.vad.snapshot()
+            tail_start = state.base_s + vad["audio_start"] / SAMPLE_RATE
         return StreamCheckpoint(
             stream_id=state.stream_id, next_seq=state.buffer.next_seq, next_index=state.next_index,
-            tail_start_s=state.tail_start_s, tail=state.tail, pending=dict(state.buffer.pending),
+            tail_start_s=tail_start, tail=tail, pending=dict(state.buffer.pending),
             eos_seq=state.buffer.eos_seq, ended=state.ended, last_seen_ms=state.last_seen_ms,
-            word_timestamps=state.word_timestamps,
+            word_timestamps=state.word_timestamps, base_s=state.base_s, vad=vad,
         )
 
     def _checkpoint(self, state: StreamState) -> Checkpoint:
@@ -452,3 +448,12 @@ class AsrProcessor:
         offsets = {} if state.partition is None or state.offset < 0 else \
             {(topics.AUDIO_CHUNKS, state.partition): state.offset}
         return Checkpoint(state.stream_id, value, offsets)
+
+
+def _widest(value: Any) -> Any:
+    """``value`` with every number as long as JSON can write it: a VAD state's worst case for the size bound."""
+    if isinstance(value, dict):
+        return {k: _widest(v) for k, v in value.items()}
+    if isinstance(value, bool | str | np.ndarray):
+        return value
+    return -1.2345678901234567e300 if isinstance(value, float) or value is None else 2**62

