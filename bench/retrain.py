@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.model_store import HEAD_MODEL, model_dir
+from models.model_store import HEAD_MODEL, NER_MODEL, model_dir
 from models.movie_reviews import load_movie_reviews
 from models.tweets import load_tweets
 from streams.contracts import topics
@@ -91,7 +91,8 @@ def accuracy(events: dict[str, dict], truth: dict[str, str]) -> float:
 def one_run(run: int, args: argparse.Namespace, reviews: list[tuple[str, str]], tweets: list[str]) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-retrain-{run}-"))
     (work / "models").mkdir()
-    (work / "models" / HEAD_MODEL).symlink_to(model_dir() / HEAD_MODEL)
+    for built in (HEAD_MODEL, NER_MODEL):
+        (work / "models" / built).symlink_to(model_dir() / built)
     env = {"STREAMSENSE_MODEL_DIR": str(work / "models"), "STREAMSENSE_DRIFT_REFERENCE_EVENTS": "200",
            "STREAMSENSE_RETRAIN_MIN_LABELS": str(args.labels), "STREAMSENSE_RETRAIN_COOLDOWN_S": "3600"}
     shift, after = reviews[:500], reviews[500:900]

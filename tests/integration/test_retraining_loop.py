@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from models.model_store import HEAD_MODEL, model_dir, retrain_cache_dir
+from models.model_store import HEAD_MODEL, NER_MODEL, model_dir, retrain_cache_dir
 from models.movie_reviews import load_movie_reviews
 from models.tweets import load_tweets
 from streams.contracts import topics
@@ -113,7 +113,8 @@ def test_drift_labels_retrain_promote_swap_then_reject_poison_and_roll_back_a_ba
         own_broker: str, tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    (models / HEAD_MODEL).symlink_to(model_dir() / HEAD_MODEL)
+    for built in (HEAD_MODEL, NER_MODEL):
+        (models / built).symlink_to(model_dir() / built)
     retrain_cache_dir().mkdir(parents=True, exist_ok=True)  # shared: keyed by the encoder's weights
     (models / retrain_cache_dir().name).symlink_to(retrain_cache_dir())
     env = {"STREAMSENSE_MODEL_DIR": str(models), "STREAMSENSE_DRIFT_REFERENCE_EVENTS": "200",
