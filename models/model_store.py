@@ -7,6 +7,7 @@ test sets it with ``configure`` instead of mutating ``os.environ``.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 HEAD_MODEL = "sentiment-minilm-head"
@@ -45,3 +46,14 @@ def retrain_cache_dir() -> Path:
 def is_built(path: Path) -> bool:
     """A model directory counts as built only once its weights and config are both in place."""
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Replace ``out`` with the fully written ``tmp`` beside it, so a crashed build never leaves a
+    half-written model where a worker would load it."""
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import BertModel
 
 from models.conll import Sentence, read_split, score_spans
-from models.model_store import NER_MODEL, model_dir
+from models.model_store import NER_MODEL, model_dir, move_into_place
 from models.sentiment_training import encoder_path
 from models.token_ner import (
     KIND,
@@ -167,12 +167,7 @@ def build_ner(out_dir: Path | None = None, *, progress: Progress = print, seed: 
     }  # fmt: skip
     save_file(head.state_dict(), str(tmp / "head.safetensors"))
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    move_into_place(tmp, out)
     progress(f"saved {NER_MODEL} to {out}: CoNLL-2003 test F1 {metrics['test_f1']} (ORG {metrics.get('test_ORG_f1')}, "
              f"all caps {metrics['test_all_caps_f1']})")
     return metrics

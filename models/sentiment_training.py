@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from models.model_store import FINETUNED_MODEL, HEAD_MODEL, is_built, model_dir
+from models.model_store import FINETUNED_MODEL, HEAD_MODEL, is_built, model_dir, move_into_place
 from models.sentiment import (
     MeanPoolBertForSequenceClassification,
     MeanPoolConfig,
@@ -214,12 +214,7 @@ def _save_atomically(model: Model, tokenizer: PreTrainedTokenizerBase, metrics: 
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    move_into_place(tmp, out)
 
 
 def build_sentiment(
