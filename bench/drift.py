@@ -38,6 +38,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import cpu_model
 from monitoring.drift_monitor import DriftConfig, DriftMonitor
 
 SIGNALS = 20
@@ -174,12 +175,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=200)
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    print(f"# {cpu}; {SIGNALS} signals in the monitor; {args.seeds} seeds; change after {REFERENCE}+{args.before}",
-          flush=True)
+    print(f"# {cpu_model()}; {SIGNALS} signals in the monitor; {args.seeds} seeds; "
+          f"change after {REFERENCE}+{args.before}", flush=True)
     results = run_scenarios(args)
     rates, us = stationary(args)
     print(f"false alarms per 100k events over {SIGNALS} signals ({args.stationary_seeds} x {args.stationary:,} "

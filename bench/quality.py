@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 import uuid
@@ -24,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import cpu_model
 from bench.text_throughput import records_for, wait_outputs
 from models.conll import Sentence, read_split, score_spans
 from models.ner import DEFAULT_NER, SPACY_NER
@@ -32,13 +32,6 @@ from streams.contracts.settings import Settings
 from streams.runtime.embedded import EmbeddedBroker
 from streams.runtime.kafka_io import ensure_topics, make_producer, send_all
 from tests.integration.harness import WorkerProcess
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def entities_through_worker(bootstrap: str, sentences: list[Sentence], ner_spec: str, log_dir: Path) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_model
 from models.model_store import HEAD_MODEL, NER_MODEL, model_dir
 from models.movie_reviews import load_movie_reviews
 from models.tweets import load_tweets
@@ -40,11 +40,6 @@ from streams.contracts.settings import Settings
 from streams.runtime.embedded import EmbeddedBroker
 from streams.runtime.kafka_io import ensure_topics, make_producer, read_topic, send_all
 from streams.runtime.launcher import WorkerProcess
-
-
-def cpu_model() -> str:
-    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.machine())
 
 
 def texts(rows: list[str], prefix: str) -> list[OutRecord]:

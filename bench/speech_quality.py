@@ -21,7 +21,6 @@ detector, ms of one core per audio second, fed 500 ms at a time) and the CPU mod
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.asr_streaming import Clip, run_offline
 from bench.asr_wer_offline import stream_clip
+from bench.machine import cpu_model
 from bench.speech_testset import CONDITIONS, FILLERS, TestClip, build
 from models.asr_engine import AsrEngine, EngineConfig, load_engine
 from models.speech_segmenter import SAMPLE_RATE, SpeechDetector, VADConfig
@@ -50,14 +50,7 @@ LEGACY_ENGINE = EngineConfig(no_speech_threshold=0.6, logprob_threshold=-1.0, no
 TARGET_DELTA = 0.03  # quiet/spontaneous: streaming WER at most this above whole-file
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+
 
 
 _normalizer: Callable[[str], str] | None = None
