@@ -80,17 +80,18 @@ def viterbi(log_probs: np.ndarray) -> list[int]:
     return path[::-1]
 
 
+def _words(word_ids: Sequence[int | None], offsets: Sequence[tuple[int, int]]) -> dict[int, tuple[int, int, int]]:
+    """word id -> (first subword index, char start, char end), in word order."""
+    words: dict[int, tuple[int, int, int]] = {}
+    for i, (w, (a, b)) in enumerate(zip(word_ids, offsets, strict=True)):
+        if w is not None:
+            words[w] = (words[w][0], words[w][1], b) if w in words else (i, a, b)
+    return words
+
+
 def word_spans(word_ids: Sequence[int | None], offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """(first subword index, char start, char end) per pre-tokenized word, in order."""
-    words: dict[int, list[int]] = {}
-    for i, (w, (a, b)) in enumerate(zip(word_ids, offsets, strict=True)):
-        if w is None:
-            continue
-        if w not in words:
-            words[w] = [i, a, b]
-        else:
-            words[w][2] = b
-    return [(v[0], v[1], v[2]) for v in words.values()]
+    return list(_words(word_ids, offsets).values())
 
 
 def shape_features(
@@ -98,8 +99,7 @@ def shape_features(
 ) -> np.ndarray:
     """(n_subwords, N_SHAPE) casing features of each subword's word: what the uncased encoder cannot see."""
     caps_sentence = float(is_all_caps(text.split()))
-    spans = {w: (a, b) for w, (_, a, b) in zip(sorted({w for w in word_ids if w is not None}),
-                                                   word_spans(word_ids, offsets), strict=True)}
+    spans = {w: (a, b) for w, (_, a, b) in _words(word_ids, offsets).items()}
     out = np.zeros((len(word_ids), N_SHAPE), dtype=np.float32)
     previous = None
     for i, w in enumerate(word_ids):
