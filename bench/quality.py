@@ -84,9 +84,9 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores", flush=True)
     if not args.no_speech:
-        from bench.speech_quality import measure
+        from bench.speech_quality import measure, table
 
-        measure(progress=print)
+        print(table(measure(progress=print)), flush=True)
     if args.no_entities:
         return 0
     sentences = read_split("test")

@@ -2,16 +2,18 @@
 whole-file ``whisper.transcribe()`` of the same audio, on bench/speech_testset.py's clips.
 
 Method, per clip: its PCM16 is cut into 500 ms chunks and fed one chunk per ``AsrProcessor.process()`` call
-(bench/asr_wer_offline.py's ``stream_clip``, as a live source arrives), once with the default VAD (Silero) and
-once with the energy VAD as tuned before it (``VADConfig.energy()`` and the engine's gates of that time,
-:data:`LEGACY_ENGINE`): the before/after. The baseline is bench/asr_streaming.py's ``run_offline``: stock
-``whisper.transcribe`` of the whole clip (temperature 0, no conditioning on previous text), same tiny.en
-weights, one torch thread. Hypotheses and references go through one normalizer (whisper's English one, then
-fillers dropped: whisper does not write "um", "uh"), then models/wer.py's edit distance.
+(bench/asr_wer_offline.py's ``stream_clip``, as a live source arrives), three times: as the worker runs by
+default (Silero VAD, segments decoded in the context of the stream's previous final), the same with every
+segment decoded alone (context off: what context buys), and with the energy VAD as tuned before Silero
+(``VADConfig.energy()`` and the engine's gates of that time, :data:`LEGACY_ENGINE`, no context): the before.
+The baseline is bench/asr_streaming.py's ``run_offline``: stock ``whisper.transcribe`` of the whole clip
+(temperature 0, no conditioning on previous text), same tiny.en weights, one torch thread. Hypotheses and
+references go through one normalizer (whisper's English one, then fillers dropped: whisper does not write
+"um", "uh"), then models/wer.py's edit distance.
 
-Reported per condition: WER streaming (Silero) / streaming (energy, before) / whole file; on noise-only and
-silence-only clips the words each produced (all invented). Also the VAD's cost (Silero alone and the whole
-detector, ms of one core per audio second, fed 500 ms at a time) and the CPU model.
+Reported per condition: WER streaming (default) / segments alone / before (energy VAD) / whole file; on
+noise-only and silence-only clips the words each produced (all invented). Also the VAD's cost (Silero alone
+and the whole detector, ms of one core per audio second, fed 500 ms at a time) and the CPU model.
 
     .venv/bin/python bench/speech_quality.py [--per-condition 5] [--verbose] [--calibrate]
 
@@ -43,6 +45,7 @@ from processors.asr import AsrProcessor
 
 CHUNK_MS = 500
 MAX_SEGMENT_S = 15.0  # the worker's default (STREAMSENSE_ASR_MAX_SEGMENT_S)
+CONTEXT_S = 10.0  # the worker's default (STREAMSENSE_ASR_CONTEXT_S); the "alone" column runs without
 SPEECHLESS = ("noise_only", "silence_only")
 # The engine's gates before the short-segment guard: the "before" column runs with them.
 LEGACY_ENGINE = EngineConfig(no_speech_threshold=0.6, logprob_threshold=-1.0, no_speech_hard=0.8, min_rms_db=-50.0,
@@ -77,11 +80,12 @@ def as_bench_clip(clip: TestClip) -> Clip:
     return Clip(clip.name, clip.pcm16(), clip.text, [])
 
 
-def stream_texts(engine: AsrEngine, clips: list[TestClip], vad: VADConfig) -> dict[str, tuple[str, list[dict]]]:
+def stream_texts(engine: AsrEngine, clips: list[TestClip], vad: VADConfig,
+                 context_s: float) -> dict[str, tuple[str, list[dict]]]:
     """Each clip through a fresh processor (no state shared between clips), 500 ms chunks, one per batch."""
     out = {}
     for clip in clips:
-        asr = AsrProcessor(engine, vad=vad)
+        asr = AsrProcessor(engine, vad=vad, context_s=context_s)
         out[clip.name] = stream_clip(asr, f"q-{clip.name}", as_bench_clip(clip), CHUNK_MS, 1)
     return out
 
@@ -126,19 +130,19 @@ def measure(progress: Callable[[str], Any] = print, per_condition: int = 5, mode
     engine = load_engine(model)
     legacy = AsrEngine(engine.model, engine.model_name, replace(LEGACY_ENGINE, beam_size=engine.cfg.beam_size))
     runs: dict[str, dict[str, tuple[str, list[dict]]]] = {}
-    for label, eng, vad in (("silero", engine, VADConfig(max_segment_s=MAX_SEGMENT_S)),
-                            ("energy", legacy, VADConfig.energy(max_segment_s=MAX_SEGMENT_S))):
+    silero = VADConfig(max_segment_s=MAX_SEGMENT_S)
+    for label, eng, vad, context_s in (("silero", engine, silero, CONTEXT_S), ("alone", engine, silero, 0.0),
+                                       ("energy", legacy, VADConfig.energy(max_segment_s=MAX_SEGMENT_S), 0.0)):
         t0 = time.perf_counter()
-        runs[label] = stream_texts(eng, clips, vad)
-        progress(f"streaming, {label} VAD: {time.perf_counter() - t0:.0f} s")
+        runs[label] = stream_texts(eng, clips, vad, context_s)
+        progress(f"streaming ({label}): {time.perf_counter() - t0:.0f} s")
     conditions: dict[str, dict[str, Any]] = {}
     for condition in CONDITIONS:
         mine = [c for c in clips if c.condition == condition]
         if not mine:
             continue
         row: dict[str, Any] = {"clips": len(mine), "audio_s": round(sum(c.duration for c in mine), 1)}
-        for label, texts in (("silero", {n: t for n, (t, _f) in runs["silero"].items()}),
-                             ("energy", {n: t for n, (t, _f) in runs["energy"].items()}),
+        for label, texts in (*((k, {n: t for n, (t, _f) in runs[k].items()}) for k in runs),
                              ("whole_file", offline)):
             errs = refs = hyps = 0
             for clip in mine:
@@ -219,13 +223,14 @@ def calibrate_gate(progress: Callable[[str], Any] = print, seeds: tuple[int, ...
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"speech quality, {result['model']}, {result['chunk_ms']} ms chunks, CPU {result['cpu']}",
-             f"{'condition':14s} {'clips':>5s} {'words':>6s}  {'streaming':>9s} {'before':>9s} {'whole-file':>10s}"
+             f"{'condition':14s} {'clips':>5s} {'words':>6s}  {'streaming':>9s} {'alone':>9s} {'before':>9s} "
+             f"{'whole-file':>10s}"
              f"  {'segments (before)':>17s}"]
     for name, row in result["conditions"].items():
         kind = "invented" if name in SPEECHLESS else "wer"
         fmt = (lambda v: f"{v:9d}") if kind == "invented" else (lambda v: f"{v:9.3f}")
         lines.append(f"{name:14s} {row['clips']:5d} {row['words']:6d}  {fmt(row[f'silero_{kind}'])} "
-                     f"{fmt(row[f'energy_{kind}'])} {fmt(row[f'whole_file_{kind}']):>10s}  "
+                     f"{fmt(row[f'alone_{kind}'])} {fmt(row[f'energy_{kind}'])} {fmt(row[f'whole_file_{kind}']):>10s}  "
                      f"{row['segments']:8d} ({row['segments_energy']})")
     lines.append("(noise_only / silence_only: words produced, all invented; other rows: WER)")
     cost = result["vad_cost"]

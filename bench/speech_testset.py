@@ -190,7 +190,7 @@ def _speech_clip(phrases: list[list[str]], voice: str, rng: np.random.Generator,
     return np.concatenate(pieces), np.concatenate(mask)
 
 
-def _make(condition: str, i: int, work: Path) -> TestClip:
+def make_clip(condition: str, i: int, work: Path) -> TestClip:
     kind, snr = CONDITIONS[condition]
     rng = np.random.default_rng([list(CONDITIONS).index(condition), i])
     voice = VOICES[i % len(VOICES)]
@@ -276,7 +276,7 @@ def build(per_condition: int = 3, cache_dir: Path | None = None,
             entries = []
             for condition in CONDITIONS:
                 for i in range(per_condition):
-                    clip = _make(condition, i, Path(tmp))
+                    clip = make_clip(condition, i, Path(tmp))
                     with wave.open(str(cache / f"{clip.name}.wav"), "wb") as w:
                         w.setnchannels(1)
                         w.setsampwidth(2)

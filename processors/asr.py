@@ -22,6 +22,10 @@ Output contract (documented here because consumers rely on it):
   ``word_timestamps: 1``; ``0`` turns them off for that stream) a final carries
   ``words: [{word, start, end, probability}]``, times in seconds from stream start, inside [start, end].
 - ``language``: "en" for ".en" models; multilingual models (e.g. "base") detect it per segment.
+- Context: a segment that begins within ``CONTEXT_GAP_S`` of its stream's previous final is decoded after it
+  (that final's audio and text; models/asr_engine.py), as whole-file whisper hears the previous sentence;
+  ``context_s`` (``STREAMSENSE_ASR_CONTEXT_S``) bounds the audio kept, 0 turns it off. The context is part of
+  the checkpoint, so a replay decodes the same segment the same way.
 - Bad chunks become dead letters with the decoder's reason; other streams are unaffected.
 - After each batch the touched streams' open state is checkpointed (`checkpoints`; the runtime's state store
   writes it to ``asr.state`` after the batch's transcripts), so a restart neither loses buffered audio nor
@@ -58,7 +62,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.asr_engine import Transcription, Word
+from models.asr_engine import Context, Transcription, Word
 from models.audio import AudioError, decode_chunk
 from models.speech_segmenter import SAMPLE_RATE, Segment, SpeechDetector, StreamBuffer, VADConfig
 from monitoring import metrics
@@ -76,12 +80,21 @@ log = logging.getLogger(__name__)
 # Kafka's default broker limit (message.max.bytes) is 1,048,588 bytes and producers refuse records over
 # max.request.size = 1,048,576; this leaves room for the key, headers and batch overhead.
 DEFAULT_MAX_STATE_BYTES = 1_000_000
+# A segment's prompt is its stream's previous final, cut to this many characters (whisper keeps at most 223
+# prompt tokens anyway), so the checkpoint that carries it stays bounded.
+MAX_CONTEXT_CHARS = 500
+# A segment is decoded in context (models/asr_engine.py) only when its stream's previous segment ended at most
+# this long before it began: pieces of one stretch of talk that the VAD cut. After a longer pause the next
+# words are often a new turn, and context made tiny.en continue the old one (short replies 2-3 s apart in
+# bench/speech_quality.py: WER 0.188 alone, 0.344 in context; with this rule 0.188 again). Segment bounds
+# include 0.3 s of padding on each side, so this is up to 1.6 s of silence.
+CONTEXT_GAP_S = 1.0
 
 class Transcriber(Protocol):
     model_name: str
 
-    def transcribe(self, segments: Sequence[np.ndarray],
-                   word_timestamps: Sequence[bool] | None = None) -> list[Transcription]: ...
+    def transcribe(self, segments: Sequence[np.ndarray], word_timestamps: Sequence[bool] | None = None,
+                   contexts: Sequence[Context | None] | None = None) -> list[Transcription]: ...
 
 
 @dataclass
@@ -106,6 +119,8 @@ class StreamState:
     word_timestamps: bool | None = None  # set by the stream's chunk headers; None: the processor default
     partial_at_s: float = 0.0  # VAD time of the last partial's end (partials are not checkpointed)
     partial_index: int | None = None  # segment index of a partial not yet superseded by a final
+    context: Context | None = None  # the last final's audio and text, for the next segment (checkpointed)
+    context_end_s: float = 0.0  # stream time the last final's segment ended
 
 
 @dataclass
@@ -145,6 +160,7 @@ class AsrProcessor:
         word_timestamps: bool = False,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
         partial_interval_ms: int = 0,
+        context_s: float = 10.0,
     ) -> None:
         """``word_timestamps``: the default for streams whose chunks do not say; ``partial_interval_ms`` 0: no
         partials. ``max_state_bytes`` bounds each ``asr.state`` record (see "Checkpoint size" in the module
@@ -168,11 +184,18 @@ class AsrProcessor:
         vad_state, _audio = SpeechDetector(self.vad_config).snapshot()  # also fails fast without the VAD model
         worst = StreamCheckpoint("\U0001f600" * MAX_STREAM_ID, 2**62, 2**62, -1.2345678901234567e300,
                                  np.zeros(keep, np.float32), eos_seq=2**62, last_seen_ms=2**62, word_timestamps=False,
-                                 base_s=-1.2345678901234567e300, vad=_widest(vad_state))
+                                 base_s=-1.2345678901234567e300, vad=_widest(vad_state),
+                                 context_text="\U0001f600" * MAX_CONTEXT_CHARS, context_end_s=-1.2345678901234567e300)
         if checkpoint_size_bound(worst) > max_state_bytes:
             raise ValueError(f"max_state_bytes={max_state_bytes} cannot hold a stream's tail of "
                              f"{self.vad_config.retained_s():.1f} s (max_segment_s "
                              f"{self.vad_config.max_segment_s:g}); need at least {checkpoint_size_bound(worst)}")
+        # the context's audio takes what the tail leaves of the bound (two bytes a sample, zlib's bound aside)
+        room_s = (max_state_bytes - checkpoint_size_bound(worst)) / 2.01 / SAMPLE_RATE
+        self.context_s = max(0.0, min(context_s, room_s))
+        if self.context_s < context_s:
+            log.warning("asr: context audio cut from %.1f s to %.1f s to keep asr.state records under %d bytes",
+                        context_s, self.context_s, max_state_bytes)
         self.streams: dict[str, StreamState] = {}
         self._dirty: dict[str, StreamState] = {}  # streams changed since the last checkpoints() call
 
@@ -282,7 +305,9 @@ class AsrProcessor:
                 log.info("asr stream %s: re-reading its audio into a fresh VAD: %s", cp.stream_id, exc)
         state = StreamState(cp.stream_id, buffer, vad or SpeechDetector(self.vad_config), next_index=cp.next_index,
                             base_s=cp.base_s if vad else cp.tail_start_s, ended=cp.ended,
-                            last_seen_ms=cp.last_seen_ms, word_timestamps=cp.word_timestamps)
+                            last_seen_ms=cp.last_seen_ms, word_timestamps=cp.word_timestamps,
+                            context=Context(cp.context_text, cp.context_audio) if cp.context_text else None,
+                            context_end_s=cp.context_end_s)
         if vad is None and cp.tail.size and not cp.ended:
             state.replay = cp.tail
         return state
@@ -322,15 +347,38 @@ class AsrProcessor:
     # --- outputs -----------------------------------------------------------------------------------------------
 
     def _transcribe(self, pending: list[_Pending], partials: Sequence[_Pending] = ()) -> list[OutRecord]:
+        """Finals for closed segments, then partials for open ones.
+
+        With context on, a segment is decoded after its stream's previous one, whose final text it reads:
+        the k-th segment of each stream in this batch goes in the k-th engine call (usually there is one)."""
+        rounds: list[list[_Pending]] = [pending]
+        if self.context_s > 0:
+            rounds, seen = [[]], dict[str, int]()
+            for p in pending:
+                k = seen[p.state.stream_id] = seen.get(p.state.stream_id, -1) + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append(p)
+        *earlier, last = rounds
+        outputs = [out for segment_round in earlier for out in self._transcribe_round(segment_round, ())]
+        return outputs + self._transcribe_round(last, partials)
+
+    def _transcribe_round(self, pending: list[_Pending], partials: Sequence[_Pending]) -> list[OutRecord]:
         """Finals for closed segments, then partials for open ones, from one engine call (one batch)."""
         if not pending and not partials:
             return []
-        segments = [p.segment.samples for p in (*pending, *partials)]
+        everything = (*pending, *partials)
+        segments = [p.segment.samples for p in everything]
         wants = [self._wants_words(p.state) for p in pending] + [False] * len(partials)
-        # only pass the flags when some stream wants words, so simpler Transcribers keep working
+        contexts = [self._context_for(p) for p in everything]
+        # only pass what some stream uses, so simpler Transcribers keep working
+        extra: dict[str, Any] = {}
+        if any(wants):
+            extra["word_timestamps"] = wants
+        if any(contexts):
+            extra["contexts"] = contexts
         started = time.perf_counter()
-        results = self.engine.transcribe(segments, word_timestamps=wants) if any(wants) else \
-            self.engine.transcribe(segments)
+        results = self.engine.transcribe(segments, **extra)
         audio_s = sum(len(x) for x in segments) / SAMPLE_RATE
         if audio_s > 0:
             metrics.ASR_REAL_TIME_FACTOR.observe((time.perf_counter() - started) / audio_s)
@@ -347,6 +395,11 @@ class AsrProcessor:
             if not result.text:
                 continue  # silence / noise: no text, no id consumed
             index, state.next_index = state.next_index, state.next_index + 1
+            if self.context_s > 0:
+                audio = p.segment.samples
+                state.context = Context(result.text[-MAX_CONTEXT_CHARS:], audio) \
+                    if audio.size <= self.context_s * SAMPLE_RATE else None
+                state.context_end_s = end
             outputs.extend(self._final(state, index, p.seq, start, end, result))
         for p, result in zip(partials, results[len(pending):], strict=True):
             if result.text:
@@ -355,6 +408,12 @@ class AsrProcessor:
                                              state.base_s + p.segment.end_s, result))
                 state.partial_index = state.next_index
         return outputs
+
+    def _context_for(self, p: _Pending) -> Context | None:
+        state = p.state
+        if state.context is None or state.base_s + p.segment.start_s - state.context_end_s > CONTEXT_GAP_S:
+            return None
+        return state.context
 
     def _open_segments(self, streams: Sequence[StreamState]) -> list[_Pending]:
         """Open segments due a partial: at least ``partial_interval_s`` of speech since the last one."""
@@ -438,6 +497,7 @@ class AsrProcessor:
             tail_start_s=tail_start, tail=tail, pending=dict(state.buffer.pending),
             eos_seq=state.buffer.eos_seq, ended=state.ended, last_seen_ms=state.last_seen_ms,
             word_timestamps=state.word_timestamps, base_s=state.base_s, vad=vad,
+            context_end_s=state.context_end_s, **_context_fields(state.context),
         )
 
     def _checkpoint(self, state: StreamState) -> Checkpoint:
@@ -448,6 +508,10 @@ class AsrProcessor:
         offsets = {} if state.partition is None or state.offset < 0 else \
             {(topics.AUDIO_CHUNKS, state.partition): state.offset}
         return Checkpoint(state.stream_id, value, offsets)
+
+
+def _context_fields(context: Context | None) -> dict[str, Any]:
+    return {} if context is None else {"context_text": context.text, "context_audio": context.audio}
 
 
 def _widest(value: Any) -> Any:

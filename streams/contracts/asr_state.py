@@ -8,6 +8,10 @@ PCM16 audio comes back bit-exact); the tail is bounded by the max segment length
 Version 2 adds the VAD's state (``vad``: its counters, and its model state as float32 arrays, written in the
 header as base64) and ``base_s``; with them a restored stream continues exactly. Version 1 (no VAD state) is
 still read: the stream's tail is then re-read by a fresh VAD.
+
+Optional in version 2 (absent: none): ``context``, the stream's last final (its text, the stream time its
+segment ended, and its audio as one more blob after the pending chunks), which the next segment is decoded
+after (models/asr_engine.py). A reader that does not know it ignores it and decodes that segment alone.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class StreamCheckpoint:
     word_timestamps: bool | None = None  # a stream's own choice (chunk header); None: the processor default
     base_s: float | None = None  # stream time of the VAD's own time 0; None: version 1 (use tail_start_s)
     vad: dict[str, Any] | None = None  # the VAD's state (models/speech_segmenter.py); None: re-read the tail
+    context_text: str = ""  # the last final's text ("": no context)
+    context_end_s: float = 0.0  # stream time its segment ended
+    context_audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # that segment's audio
 
 
 def _pcm16(x: np.ndarray) -> bytes:
@@ -80,6 +87,8 @@ def _header(cp: StreamCheckpoint) -> bytes:
         "word_timestamps": cp.word_timestamps,
         "base_s": cp.base_s,
         "vad": _to_json(cp.vad),
+        "context": {"text": cp.context_text, "end_s": cp.context_end_s, "samples": cp.context_audio.size}
+        if cp.context_text else None,
         "lengths": lengths,
         "pending": [[seq, eos] for seq, (_s, eos) in sorted(cp.pending.items())],
     }
@@ -88,6 +97,8 @@ def _header(cp: StreamCheckpoint) -> bytes:
 
 def encode_checkpoint(cp: StreamCheckpoint) -> bytes:
     blobs = [_pcm16(cp.tail)] + [_pcm16(s) for _, (s, _e) in sorted(cp.pending.items())]
+    if cp.context_text:
+        blobs.append(_pcm16(cp.context_audio))
     head = _header(cp)
     return struct.pack(">I", len(head)) + head + zlib.compress(b"".join(blobs), 6)
 
@@ -100,7 +111,7 @@ def _zlib_bound(n: int) -> int:
 def checkpoint_size_bound(cp: StreamCheckpoint) -> int:
     """An upper bound of ``len(encode_checkpoint(cp))`` without compressing anything: audio may be noise,
     which zlib cannot shrink, so the guard must not count on compression."""
-    samples = cp.tail.size + sum(s.size for s, _e in cp.pending.values())
+    samples = cp.tail.size + sum(s.size for s, _e in cp.pending.values()) + cp.context_audio.size
     return 4 + len(_header(cp)) + _zlib_bound(2 * samples)
 
 
@@ -119,9 +130,12 @@ def decode_checkpoint(raw: bytes) -> StreamCheckpoint:
         pieces.append(pcm[pos : pos + length].copy())
         pos += length
     pending = {int(seq): (pieces[i + 1], bool(eos)) for i, (seq, eos) in enumerate(header["pending"])}
+    context = header.get("context") or {"text": "", "end_s": 0.0, "samples": 0}
     return StreamCheckpoint(
         stream_id=header["stream_id"], next_seq=header["next_seq"], next_index=header["next_index"],
         tail_start_s=header["tail_start_s"], tail=pieces[0], pending=pending, eos_seq=header["eos_seq"],
         ended=header["ended"], last_seen_ms=header.get("last_seen_ms", 0),
         word_timestamps=header.get("word_timestamps"), base_s=header.get("base_s"), vad=vad,
+        context_text=context["text"], context_end_s=context["end_s"],
+        context_audio=pcm[pos : pos + context["samples"]].copy(),
     )

@@ -168,6 +168,7 @@ class Settings:
     asr_vad: str = "silero"  # "energy": the frame-energy VAD (no model; misses quiet speech in noise)
     asr_word_timestamps: bool = False  # per-stream override: chunk header word_timestamps=1/0
     asr_partial_interval_ms: int = 0  # 0: no partials; else a partial (final=false) per this much new speech
+    asr_context_s: int = 10  # decode a segment after its stream's previous one if that is at most this long; 0: off
     asr_beam_size: int = 3  # 1: greedy decoding (cheaper, but derails on some isolated segments)
     asr_batch_size: int = 32
     asr_batch_ms: int = 200
@@ -230,6 +231,7 @@ class Settings:
             asr_vad=_env_choice(env, "STREAMSENSE_ASR_VAD", "silero", VAD_KINDS),
             asr_word_timestamps=env_bool(env, "STREAMSENSE_ASR_WORD_TIMESTAMPS", False),
             asr_partial_interval_ms=_env_int(env, "STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", 0, minimum=0),
+            asr_context_s=_env_int(env, "STREAMSENSE_ASR_CONTEXT_S", 10, minimum=0),
             asr_beam_size=_env_int(env, "STREAMSENSE_ASR_BEAM_SIZE", 3, minimum=1),
             asr_batch_size=_env_int(env, "STREAMSENSE_ASR_BATCH_SIZE", 32),
             asr_batch_ms=_env_int(env, "STREAMSENSE_ASR_BATCH_MS", 200, minimum=0),

@@ -71,6 +71,7 @@ def build_asr(settings: Settings, progress: Progress) -> Processor:
         read_ahead=settings.asr_read_ahead,
         word_timestamps=settings.asr_word_timestamps,
         partial_interval_ms=settings.asr_partial_interval_ms,
+        context_s=settings.asr_context_s,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.asr_engine import EngineConfig, load_engine
+from models.asr_engine import Context, EngineConfig, load_engine
 from models.wer import wer
 
 # Sentences that greedy decoding of tiny.en gets badly wrong when each is alone in its window (as a VAD segment
@@ -95,3 +95,20 @@ def test_the_engines_faster_decoding_steps_change_no_result(engine, segments) ->
         assert mine.text == ref.text.strip()
         assert mine.avg_logprob == pytest.approx(ref.avg_logprob, abs=1e-3)
         assert mine.no_speech_prob == pytest.approx(ref.no_speech_prob, abs=1e-3)
+
+
+def test_a_segment_decoded_in_context_gives_only_its_own_words(engine, segments) -> None:
+    """The previous sentence's audio in front and its text as the prefix: the result is the new sentence alone."""
+    context = Context(DERAILING[0], segments[0])
+    [alone, in_context] = engine.transcribe([segments[1], segments[1]], contexts=[None, context])
+    assert wer(DERAILING[1], in_context.text) <= 0.1 and in_context.gated is None, in_context.text
+    assert wer(DERAILING[1], alone.text) <= 0.1
+
+
+def test_a_result_that_reads_the_context_again_is_recognised() -> None:
+    from models.asr_engine import _rereads
+
+    assert _rereads("the next visit is in March.", "The results look good and the next visit is in March.")
+    assert not _rereads("The concert was cancelled.", "The doctor said the results look good.")
+    assert not _rereads("visit is in", "the next visit was in March")  # in order and contiguous only
+    assert not _rereads("", "anything")

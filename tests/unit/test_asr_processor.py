@@ -24,7 +24,7 @@ from models.wer import wer
 from processors.asr import AsrProcessor
 from streams.audio_producer import pcm16_chunks
 from streams.contracts import topics
-from streams.contracts.asr_state import StreamCheckpoint, decode_checkpoint
+from streams.contracts.asr_state import StreamCheckpoint, decode_checkpoint, encode_checkpoint
 from streams.contracts.audio_chunks import chunk_headers
 from streams.contracts.deadletter import DEFAULT_MAX_MESSAGE_BYTES
 from streams.contracts.records import OutRecord, RawRecord, record_size
@@ -277,7 +277,7 @@ class WordsAskedEngine:
     def __init__(self) -> None:
         self.asked: list[bool] = []
 
-    def transcribe(self, segments, word_timestamps=None) -> list[Transcription]:
+    def transcribe(self, segments, word_timestamps=None, contexts=None) -> list[Transcription]:
         flags = list(word_timestamps) if word_timestamps is not None else [False] * len(segments)
         self.asked += flags
         return [Transcription("word", "en", -0.1, 0.01, words=(Word("word", 0.0, 0.1, 0.9),) if f else None)
@@ -319,7 +319,7 @@ class LengthEngine:
 
     model_name = "length"
 
-    def transcribe(self, segments, word_timestamps=None) -> list[Transcription]:
+    def transcribe(self, segments, word_timestamps=None, contexts=None) -> list[Transcription]:
         return [Transcription(f"samples{s.size}", "en", -0.1, 0.01) for s in segments]
 
 
@@ -434,7 +434,7 @@ def test_partials_are_off_by_default_and_set_by_the_constructor(engine, clips,
 class ShortOnlyEngine(LengthEngine):
     """Text for segments under 2 s only: a partial gets text, the closed segment's final gets none."""
 
-    def transcribe(self, segments, word_timestamps=None) -> list[Transcription]:
+    def transcribe(self, segments, word_timestamps=None, contexts=None) -> list[Transcription]:
         return [Transcription("maybe" if s.size < 2 * 16000 else "", "en", -0.1, 0.01) for s in segments]
 
 
@@ -477,3 +477,81 @@ def test_a_rebalance_moves_open_streams_to_their_partitions_new_owner(engine, cl
         text = " ".join(e["text"] for e in got)
         assert wer(SENTENCES["fox"] + " " + SENTENCES["fox"], text) <= 0.15, text
     assert all(e["stream_id"] == "moved" for e in finals(out_b))
+
+
+# --- context: a segment decoded after its stream's previous one ------------------------------------------------
+
+
+class ContextEngine(LengthEngine):
+    """Records what context each call's segments came with; the text names the call, so a context shows which
+    final it came from."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, int] | None]] = []
+
+    def transcribe(self, segments, word_timestamps=None, contexts=None) -> list[Transcription]:
+        given = list(contexts) if contexts is not None else [None] * len(segments)
+        self.calls.append([None if c is None else (c.text, c.audio.size) for c in given])
+        return [Transcription(f"call{len(self.calls)}", "en", -0.1, 0.01) for _ in segments]
+
+
+def bursts(*pattern: tuple[float, float]) -> bytes:
+    """PCM16 of (seconds of loud noise, seconds of silence) pairs: one energy-VAD segment per burst."""
+    rng = np.random.default_rng(11)
+    parts = [np.concatenate([rng.uniform(-0.5, 0.5, int(on * 16000)), np.zeros(int(off * 16000))])
+             for on, off in pattern]
+    return (np.concatenate(parts) * 32767).astype("<i2").tobytes()
+
+
+def test_a_segment_after_a_short_pause_is_decoded_in_the_context_of_its_streams_previous_final() -> None:
+    """Three bursts in one chunk: 1.0 s of silence between the first two (their bounds, padding included, are
+    0.8 s apart: context), 3.0 s before the third (a new turn: none). The second is decoded after the first's
+    final came back, in its own engine call, with that final's text and the first segment's audio."""
+    engine = ContextEngine()
+    asr = AsrProcessor(engine, clock=lambda: 1_000, vad=ENERGY)
+    out = asr.process(raw(pcm16_chunks(bursts((1, 1.0), (1, 3.0), (1, 1.0)), 16000, 1, "ctx", chunk_ms=10_000)))
+    first, second, third = finals(out)
+    assert [e["text"] for e in (first, second, third)] == ["call1", "call2", "call3"]
+    assert second["start"] - first["end"] == pytest.approx(0.8, abs=0.05) and third["start"] - second["end"] > 2
+    size = round((first["end"] - first["start"]) * 16000)
+    assert engine.calls[0] == [None] and engine.calls[2] == [None]
+    [(text, samples)] = engine.calls[1]
+    assert text == "call1" and abs(samples - size) <= 16
+
+
+def test_context_is_checkpointed_so_a_restored_stream_decodes_its_next_segment_in_it() -> None:
+    def worker() -> InProcessWorker:
+        return InProcessWorker(AsrProcessor(ContextEngine(), clock=lambda: 1_000, vad=ENERGY))
+
+    chunks = raw(pcm16_chunks(bursts((1, 1.0), (1, 1.0)), 16000, 1, "ctx", chunk_ms=2_000))
+    first = worker()
+    [final] = finals(first.run([chunks[0]]))
+    saved = decode_checkpoint(decode_state_record(first.state()[-1][1]).data)
+    assert saved.context_text == final["text"] == "call1" and saved.context_end_s == final["end"]
+    assert saved.context_audio.size == round((final["end"] - final["start"]) * 16000)
+    second = worker()
+    restart(second.processor, [(marker_key("x"), b"t"), *first.state()], second.store)
+    finals(second.run([chunks[1]]))
+    assert second.processor.engine.calls == [[("call1", saved.context_audio.size)]]
+
+
+def test_context_off_decodes_a_batch_in_one_call_without_it() -> None:
+    engine = ContextEngine()
+    asr = AsrProcessor(engine, clock=lambda: 1_000, vad=ENERGY, context_s=0)
+    out = asr.process(raw(pcm16_chunks(bursts((1, 1.0), (1, 1.0)), 16000, 1, "off", chunk_ms=10_000)))
+    assert len(finals(out)) == 2 and engine.calls == [[None, None]]
+
+
+def test_a_checkpoint_with_pending_chunks_and_a_context_round_trips_and_older_records_have_none() -> None:
+    rng = np.random.default_rng(2)
+    tail, a, b, ctx = (np.round(rng.uniform(-0.5, 0.5, n) * 32768).astype(np.float32) / 32768
+                       for n in (800, 300, 500, 700))
+    cp = StreamCheckpoint("s", 3, 2, 1.5, tail, pending={5: (a, False), 7: (b, True)}, context_text="hi there",
+                          context_end_s=1.25, context_audio=ctx)
+    back = decode_checkpoint(encode_checkpoint(cp))
+    assert back.context_text == "hi there" and back.context_end_s == 1.25
+    assert np.array_equal(back.context_audio, ctx) and np.array_equal(back.tail, tail)
+    assert [(k, v.tolist(), e) for k, (v, e) in back.pending.items()] == [(5, a.tolist(), False), (7, b.tolist(), True)]
+    cp.context_text, cp.context_audio = "", np.zeros(0, np.float32)
+    old = decode_checkpoint(encode_checkpoint(cp))
+    assert old.context_text == "" and old.context_audio.size == 0 and old.pending.keys() == {5, 7}
