@@ -8,6 +8,7 @@ pipeline is designed for at-least-once with id-keyed idempotent outputs instead.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -48,6 +49,14 @@ def faust_credentials(security: KafkaSecurity) -> Any:
     )
 
 
+def _datadir(settings: Settings) -> Path:
+    """Faust's default is "{app id}-data" in the working directory; with the memory store it only holds an
+    empty tables folder, but that belongs with the worker's other local state, not in the user's cwd."""
+    path = Path(settings.state_dir).expanduser() / "faust" / settings.app_id
+    path.mkdir(parents=True, exist_ok=True)  # Faust expects it to exist
+    return path
+
+
 def create_app(settings: Settings, bootstrap: str, *, web_port: int | None = None) -> faust.App:
     port = settings.web_port if web_port is None else web_port
     app = faust.App(
@@ -55,6 +64,7 @@ def create_app(settings: Settings, bootstrap: str, *, web_port: int | None = Non
         broker=f"kafka://{bootstrap}",
         broker_credentials=faust_credentials(settings.security),
         store="memory://",
+        datadir=str(_datadir(settings)),
         autodiscover=False,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=1.0,
