@@ -47,8 +47,8 @@ stops waiting for the oldest missing chunk as if the reorder window had passed: 
 says why), the buffered audio goes on to the VAD, and the checkpoint again holds exactly the stream's state,
 so a restart still neither loses nor repeats a final. Counting is without compression (noise does not shrink).
 
-Size: ~460 lines, over the ~400 the codebase aims at, because the per-stream state machine (release order →
-VAD → segments → finals, partials and gaps → checkpoint) is one unit whose pieces share the stream's state;
+Size: ~520 lines, over the ~400 the codebase aims at, because the per-stream state machine (release order →
+VAD → segments → finals in context, partials and gaps → checkpoint) is one unit whose pieces share the stream's state;
 what could leave did (chunk headers and the state layout are contracts in streams/contracts/).
 """
 
@@ -80,8 +80,8 @@ log = logging.getLogger(__name__)
 # Kafka's default broker limit (message.max.bytes) is 1,048,588 bytes and producers refuse records over
 # max.request.size = 1,048,576; this leaves room for the key, headers and batch overhead.
 DEFAULT_MAX_STATE_BYTES = 1_000_000
-# A segment's prompt is its stream's previous final, cut to this many characters (whisper keeps at most 223
-# prompt tokens anyway), so the checkpoint that carries it stays bounded.
+# The context's text is the stream's previous final cut to this many characters (whisper keeps at most 223
+# tokens of it anyway), so the checkpoint that carries it stays bounded.
 MAX_CONTEXT_CHARS = 500
 # A segment is decoded in context (models/asr_engine.py) only when its stream's previous segment ended at most
 # this long before it began: pieces of one stretch of talk that the VAD cut. After a longer pause the next
