@@ -11,7 +11,10 @@ contains. Therefore the processor is ``Checkpointed`` (processors/base.py) with 
 
 * every ``checkpoint_s`` seconds or ``checkpoint_events`` events, `checkpoints` returns the model's
   ``state_dict`` (torch.save, zlib; ~20 MB at 10k items, far over Kafka's message limit) with the last applied
-  offset per clicks/items partition; the runtime writes it to a file and a pointer record to ``recs.state``;
+  offset per clicks/items partition; the runtime writes it to a file and a pointer record to ``recs.state``.
+  It is read back with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers only, never
+  an arbitrary pickled object (whoever can write the state directory or topic must not be able to run code in
+  the worker), so its numpy arrays are stored as tensors (version 2; a version-1 file is refused);
 * on start the runtime restores the latest checkpoint and replays ``clicks`` and ``items`` from its offsets up
   to the group's *committed* offsets (`replay`), so the model is exactly where the committed offsets say it
   is. Replays are idempotent: the model drops click ids it already applied (its dedupe window is part of the
@@ -27,12 +30,14 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.recs import ClickEvent, OnlineRecommender
@@ -45,7 +50,7 @@ from streams.contracts.state import TP, Checkpoint
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: numpy arrays as tensors, loaded with weights_only=True
 REPLAYED_TOPICS = (topics.CLICKS, topics.ITEMS)
 
 
@@ -177,7 +182,7 @@ class RecsProcessor:
         started = time.perf_counter()
         with self.lock:
             buf = io.BytesIO()
-            torch.save({"v": CHECKPOINT_VERSION, "state": self.model.state_dict()}, buf)
+            torch.save({"v": CHECKPOINT_VERSION, "state": _arrays_as_tensors(self.model.state_dict())}, buf)
             version, offsets = self.model.version, dict(self.offsets)
         data = zlib.compress(buf.getvalue(), 1)
         self._applied_at_checkpoint = self.model.n_applied
@@ -192,11 +197,19 @@ class RecsProcessor:
         if not mine:
             return
         cp = mine[-1]
-        blob = torch.load(io.BytesIO(zlib.decompress(cp.data)), weights_only=False)
-        if blob.get("v") != CHECKPOINT_VERSION:
-            raise ValueError(f"recs checkpoint version {blob.get('v')!r}, this build reads {CHECKPOINT_VERSION}")
+        try:
+            blob = torch.load(io.BytesIO(zlib.decompress(cp.data)), weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, zlib.error, EOFError) as exc:
+            raise ValueError(f"recs checkpoint of {cp.key} is not a version-{CHECKPOINT_VERSION} checkpoint of "
+                             f"tensors and plain values; refusing to unpickle anything else ({str(exc)[:200]}). "
+                             "A version-1 file (written before numpy arrays were stored as tensors) cannot be "
+                             "read safely: give the worker a new STREAMSENSE_APP_ID to rebuild the model from the "
+                             "topics") from exc
+        if not isinstance(blob, dict) or blob.get("v") != CHECKPOINT_VERSION:
+            version = blob.get("v") if isinstance(blob, dict) else type(blob).__name__
+            raise ValueError(f"recs checkpoint version {version!r}, this build reads {CHECKPOINT_VERSION}")
         with self.lock:
-            self.model.load_state_dict(blob["state"])
+            self.model.load_state_dict(_tensors_as_arrays(blob["state"]))
             self.offsets = dict(cp.offsets)
         self._applied_at_checkpoint = self.model.n_applied
         log.info("recs checkpoint loaded: %s, %d items, %d users", self.model.version, self.model.n_items,
@@ -206,3 +219,22 @@ class RecsProcessor:
         with self.lock:
             self.apply(records)
         self._applied_at_checkpoint = -1  # checkpoint soon after a replay, so the next restart replays less
+
+
+_ARRAY = "__ndarray__"
+
+
+def _arrays_as_tensors(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The state's numpy arrays (top-level values, or inside top-level tuples) as tagged tensors, which
+    ``weights_only`` loading accepts; the id lists and dicts are walked by nothing (they are large)."""
+    def tag(v: Any) -> Any:
+        return {_ARRAY: torch.from_numpy(np.ascontiguousarray(v))} if isinstance(v, np.ndarray) else v
+
+    return {k: tuple(tag(x) for x in v) if isinstance(v, tuple) else tag(v) for k, v in state.items()}
+
+
+def _tensors_as_arrays(state: Mapping[str, Any]) -> dict[str, Any]:
+    def untag(v: Any) -> Any:
+        return v[_ARRAY].numpy() if isinstance(v, dict) and v.keys() == {_ARRAY} else v
+
+    return {k: tuple(untag(x) for x in v) if isinstance(v, tuple) else untag(v) for k, v in state.items()}

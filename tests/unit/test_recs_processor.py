@@ -5,7 +5,9 @@ events, restore, replay up to the committed offsets."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,10 @@ import torch
 
 from models.recs import OnlineRecommender, RecsConfig
 from processors.base import Checkpointed, validate
-from processors.recs import RecsProcessor
+from processors.recs import CHECKPOINT_VERSION, RecsProcessor
 from streams.contracts import topics
 from streams.contracts.records import RawRecord
-from streams.contracts.state import decode_state_record
+from streams.contracts.state import Checkpoint, decode_state_record
 from streams.runtime.testing import InProcessWorker, restart
 
 torch.set_num_threads(1)
@@ -245,3 +247,29 @@ def test_recommend_route() -> None:
     for bad in ("0", "1001", "ten"):
         status, body = view({"user_id": "u0"}, {"k": bad})
         assert status == 400 and "k must be" in body["error"]
+
+
+class _Planted:
+    """A pickled object that would create a file when unpickled: what a tampered checkpoint could carry."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_checkpoint_is_never_unpickled_beyond_tensors_and_plain_values(tmp_path: Path) -> None:
+    """No code runs from a checkpoint: restore loads with weights_only=True and refuses anything else with a
+    readable reason (a tampered file, or a version-1 file that pickled numpy arrays)."""
+    planted = tmp_path / "planted"
+    buf = io.BytesIO()
+    torch.save({"v": CHECKPOINT_VERSION, "state": _Planted(planted)}, buf)
+    p = RecsProcessor(small_model(), app_id="app")
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        p.restore([Checkpoint("app", zlib.compress(buf.getvalue()), {})])
+    assert not planted.exists() and p.model.n_applied == 0
+    old = io.BytesIO()
+    torch.save({"v": 1, "state": small_model().state_dict()}, old)  # version 1: numpy arrays pickled
+    with pytest.raises(ValueError, match="version-1 file"):
+        p.restore([Checkpoint("app", zlib.compress(old.getvalue()), {})])
