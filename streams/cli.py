@@ -19,6 +19,7 @@ from streams.contracts.schemas import SchemaError, TextIn, encode, text_in_event
 from streams.contracts.settings import DEFAULT_BOOTSTRAP, ConfigError, Settings
 from streams.runtime.embedded import BrokerError, EmbeddedBroker
 from streams.runtime.kafka_io import (
+    broker_unreachable,
     describe_topics,
     ensure_topics,
     kafka_bootstrap,
@@ -621,7 +622,7 @@ class MissingTopic(LookupError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Every expected failure is one line on stderr that says what to do, never a traceback."""
-    from kafka.errors import KafkaConnectionError, KafkaError
+    from kafka.errors import KafkaError
 
     args = parser().parse_args(argv)
     try:
@@ -631,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"error: {exc}")
         return 2
     except KafkaError as exc:
-        if isinstance(exc, KafkaConnectionError) or "bootstrap" in str(exc).lower():
+        if broker_unreachable(exc):
             where = getattr(args, "bootstrap", None) or Settings.from_env().bootstrap or DEFAULT_BOOTSTRAP
             say(f"error: no Kafka broker answers at {where}: start one (`streamsense broker`) or pass --bootstrap "
                 "HOST:PORT of a running cluster")

@@ -13,7 +13,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.settings import DEFAULT_BOOTSTRAP, Settings
@@ -35,6 +35,42 @@ def admin_client(settings: Settings, bootstrap: str) -> Iterator[KafkaAdminClien
         yield client
     finally:
         client.close()
+
+
+def broker_unreachable(exc: BaseException) -> bool:
+    """Whether a kafka-python error means no broker answered at all (as opposed to a broker that said no)."""
+    return isinstance(exc, KafkaConnectionError) or "bootstrap" in str(exc).lower()
+
+
+def wait_for_broker(settings: Settings, bootstrap: str, progress: Callable[[str], None], *, wait_s: float,
+                    probe: Callable[[], Any] | None = None, sleep: Callable[[float], None] = time.sleep,
+                    clock: Callable[[], float] = time.monotonic) -> None:
+    """Return once a broker answers a metadata request; retry with exponential backoff (1 s doubling, at most
+    15 s between tries) for up to ``wait_s`` seconds, one progress line per retry, then raise the last error.
+
+    Why: a worker often starts before its cluster does (a container orchestrator, a broker restarting); it should
+    wait a bounded time and say so, not die with a traceback or hang. ``probe`` replaces the metadata request
+    (tests)."""
+    def ask() -> None:
+        with admin_client(settings, bootstrap) as admin:
+            admin.list_topics()
+
+    deadline, delay, attempt = clock() + wait_s, 1.0, 1
+    while True:
+        try:
+            (probe or ask)()
+            if attempt > 1:
+                progress(f"broker at {bootstrap} answers (attempt {attempt})")
+            return
+        except Exception as exc:
+            left = deadline - clock()
+            if not broker_unreachable(exc) or left <= 0:
+                raise
+            pause = min(delay, 15.0, left)
+            progress(f"no Kafka broker answers at {bootstrap} yet (attempt {attempt}); retrying in {pause:.0f} s, "
+                     f"giving up in {left:.0f} s")
+            sleep(pause)
+            delay, attempt = delay * 2, attempt + 1
 
 
 def ensure_topics(

@@ -23,7 +23,7 @@ from streams.contracts.settings import Settings
 from streams.runtime.agent import attach, faust_sender
 from streams.runtime.faust_app import create_app
 from streams.runtime.handover import Handover
-from streams.runtime.kafka_io import describe_topics, ensure_topics
+from streams.runtime.kafka_io import describe_topics, ensure_topics, wait_for_broker
 from streams.runtime.model_updates import ModelUpdateFollower
 from streams.runtime.recovery import restore_from_kafka
 from streams.runtime.runner import ProcessorRunner
@@ -173,6 +173,7 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
         import torch
 
         torch.set_num_threads(torch_threads(settings))
+    wait_for_broker(settings, bootstrap, progress, wait_s=settings.broker_wait_s)
     created = ensure_topics(settings, bootstrap)
     if created:
         progress(f"created topics: {', '.join(created)}")
