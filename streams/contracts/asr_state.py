@@ -121,7 +121,7 @@ def decode_checkpoint(raw: bytes) -> StreamCheckpoint:
         header = json.loads(raw[4 : 4 + n])
         pcm = np.frombuffer(zlib.decompress(raw[4 + n :]), "<i2").astype(np.float32) / 32768.0
         vad = _from_json(header.get("vad"))
-    except (struct.error, ValueError, zlib.error, TypeError) as exc:
+    except (struct.error, ValueError, zlib.error, TypeError, RecursionError) as exc:
         raise StateError(f"unreadable asr state: {exc}") from exc
     if header.get("v") not in READABLE_VERSIONS:
         raise StateError(f"asr state version {header.get('v')!r}, this build reads {READABLE_VERSIONS}")

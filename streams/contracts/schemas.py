@@ -8,6 +8,7 @@ reasons, so their messages are written for the person reading the `deadletter` t
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ def decode_json_object(raw: bytes | None) -> dict[str, Any]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:  # "[[[[..." thousands deep: the parser's recursion limit, not a crash of the worker
+        raise SchemaError(f"JSON nested deeper than the parser's limit (~{sys.getrecursionlimit()} levels)") from None
     if not isinstance(obj, dict):
         raise SchemaError(f"expected a JSON object, got {json_type(obj)}")
     return obj

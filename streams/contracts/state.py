@@ -101,7 +101,7 @@ def decode_state_record(raw: bytes) -> StateRecord:
             size=int(header.get("size", 0)),
             sha256=header.get("sha256"),
         )
-    except (struct.error, ValueError, KeyError, TypeError) as exc:
+    except (struct.error, ValueError, KeyError, TypeError, RecursionError) as exc:
         if isinstance(exc, StateError):
             raise
         raise StateError(f"unreadable state record: {type(exc).__name__}: {exc}") from exc

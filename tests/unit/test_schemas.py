@@ -38,6 +38,8 @@ def test_missing_ts_falls_back_to_record_timestamp():
         (b'{"id": "a", "text": "caf\xe9"}', "not valid UTF-8: invalid continuation byte at byte 24"),
         (b'{"id": "a", "text": ', "malformed JSON: Expecting value (line 1, column 21)"),
         (b"[1, 2]", "expected a JSON object, got array"),
+        (b'{"id": ' + b"[" * 100_000, "JSON nested deeper than the parser's limit"),  # was a RecursionError
+        (b'{"a":' * 100_000, "JSON nested deeper than the parser's limit"),
         ({"text": "x", "source": "s"}, "missing required field 'id'"),
         ({"id": "a", "text": 42, "source": "s"}, "field 'text' must be a string, got integer"),
         ({"id": "a", "text": "   ", "source": "s"}, "field 'text' is empty"),
