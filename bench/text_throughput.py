@@ -42,7 +42,7 @@ from streams.contracts.schemas import encode, now_ms, text_in_event
 from streams.contracts.settings import Settings
 from streams.contracts.topics import TopicSpec
 from streams.runtime.embedded import EmbeddedBroker
-from streams.runtime.kafka_io import ensure_topics, make_producer, read_topic, send_all
+from streams.runtime.kafka_io import client_kwargs, ensure_topics, make_producer, read_topic, send_all
 from tests.integration.harness import WorkerProcess
 
 BASELINE_IN = TopicSpec("bench.naive.in", "naive baseline input")
@@ -130,7 +130,7 @@ def run_naive(settings: Settings, bootstrap: str, texts: list[str]) -> dict:
     prefix = f"naive-{uuid.uuid4().hex[:6]}"
     producer = make_producer(settings, bootstrap, linger_ms=0)
     send_all(producer, records_for(texts, prefix, BASELINE_IN.name))
-    consumer = KafkaConsumer(BASELINE_IN.name, bootstrap_servers=bootstrap, group_id=prefix,
+    consumer = KafkaConsumer(BASELINE_IN.name, **client_kwargs(settings, bootstrap), group_id=prefix,
                              auto_offset_reset="earliest", enable_auto_commit=True, session_timeout_ms=6000,
                              heartbeat_interval_ms=1000)
     done: dict[str, dict] = {}

@@ -1,4 +1,5 @@
-"""No unsafe deserialization and no server open beyond the machine by default, checked over the source.
+"""No unsafe deserialization, no server open beyond the machine by default, and the Kafka security settings on
+every client, checked over the source.
 
 Why a source scan: a checkpoint, a state record or a model file is data someone else may be able to write (a
 shared state directory, a topic, a downloaded model). Unpickling it runs whatever code it names, so every load
@@ -84,3 +85,27 @@ def test_servers_bind_the_loopback_address_by_default() -> None:
     hosts = [a.default for sub in cli._subparsers._group_actions[0].choices.values() for a in sub._actions
              if a.dest == "host"]
     assert hosts and set(hosts) == {"127.0.0.1"}
+
+
+KAFKA_CLIENTS = ("KafkaConsumer", "KafkaProducer", "KafkaAdminClient")
+
+
+def clients_without_security(source: str) -> list[str]:
+    """kafka-python clients built without ``**client_kwargs(...)``, which carries the SASL/TLS settings."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in KAFKA_CLIENTS):
+            continue
+        spread = [kw.value for kw in node.keywords if kw.arg is None]
+        if not any(isinstance(v, ast.Call) and getattr(v.func, "id", None) == "client_kwargs" for v in spread):
+            found.append(f"line {node.lineno}: {node.func.id}")
+    return found
+
+
+def test_every_kafka_client_gets_the_security_settings() -> None:
+    """Faust's clients get them through ``faust_credentials`` (tests/unit/test_deadletter_settings.py)."""
+    files = sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
+    found = {str(p.relative_to(REPO)): clients_without_security(p.read_text()) for p in files}
+    assert {path: hits for path, hits in found.items() if hits} == {}
+    assert clients_without_security("KafkaConsumer('t', bootstrap_servers=b)\n") == ["line 1: KafkaConsumer"]
+    assert clients_without_security("KafkaProducer(**client_kwargs(s, b), acks='all')\n") == []
