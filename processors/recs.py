@@ -78,9 +78,13 @@ class RecsProcessor:
         read_ahead: int = 2,
         checkpoint_s: float = 30.0,
         checkpoint_events: int = 50_000,
+        max_k: int = MAX_K,
         clock: Callable[[], int] = now_ms,
     ) -> None:
+        """``max_k``: the most recommendations one request may ask for (``STREAMSENSE_RECS_MAX_K``); more is a
+        dead letter (topic) or a 400 (web)."""
         self.model = model
+        self.max_k = max_k
         self.app_id = app_id
         self.offsets: dict[TP, int] = dict(offsets or {})
         self.batch_size = batch_size
@@ -121,7 +125,7 @@ class RecsProcessor:
                     items.append(parse_item(r))
                 elif r.topic == topics.RECS_REQUESTS:
                     if on_request is not None:
-                        on_request((r, *parse_request(r)))
+                        on_request((r, *parse_request(r, self.max_k)))
                     continue
                 else:
                     raise BadInput(f"recs does not consume topic {r.topic!r}")
@@ -160,10 +164,10 @@ class RecsProcessor:
         def recommend_view(params: Mapping[str, str], query: Mapping[str, str]) -> tuple[int, Any]:
             try:
                 k = int(query.get("k", 10))
-                if not 1 <= k <= MAX_K:
+                if not 1 <= k <= self.max_k:
                     raise ValueError
             except ValueError:
-                return 400, {"error": f"k must be an integer in 1..{MAX_K}"}
+                return 400, {"error": f"k must be an integer in 1..{self.max_k}"}
             return 200, self.recommend(params["user_id"], k)
 
         return {"/recommend/{user_id}": recommend_view}

@@ -69,9 +69,9 @@ def parse_item(record: RawRecord) -> dict[str, Any]:
     return row
 
 
-def parse_request(record: RawRecord) -> tuple[str, str, int]:
+def parse_request(record: RawRecord, max_k: int = MAX_K) -> tuple[str, str, int]:
     obj = _json(record)
     k = obj.get("k", 10)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise BadInput(f"field 'k' must be an integer in 1..{MAX_K}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
+        raise BadInput(f"field 'k' must be an integer in 1..{max_k}")
     return _id(obj, "id"), _id(obj, "user_id"), k

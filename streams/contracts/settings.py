@@ -169,6 +169,8 @@ class Settings:
     asr_vad: str = "silero"  # "energy": the frame-energy VAD (no model; misses quiet speech in noise)
     asr_word_timestamps: bool = False  # per-stream override: chunk header word_timestamps=1/0
     asr_partial_interval_ms: int = 0  # 0: no partials; else a partial (final=false) per this much new speech
+    asr_max_chunk_s: int = 30  # a chunk holding more audio is a dead letter
+    asr_max_chunk_bytes: int = 16 * 1024 * 1024  # ... and so is one of more bytes (checked before decoding)
     asr_context_s: int = 10  # decode a segment after its stream's previous one if that is at most this long; 0: off
     asr_beam_size: int = 3  # 1: greedy decoding (cheaper, but derails on some isolated segments)
     asr_batch_size: int = 32
@@ -179,6 +181,7 @@ class Settings:
     recs_read_ahead: int = 2  # overlapping training with reading: 5.9k -> 6.3-6.9k clicks/s in one worker
     recs_checkpoint_s: int = 30  # checkpoint the recommender at most this often (when it changed)
     recs_checkpoint_events: int = 50_000  # ... or as soon as this many events were applied since the last one
+    recs_max_k: int = 1000  # the most recommendations one request may ask for
     recs_content: bool = True  # wordllama content tower (cold items retrievable from title/genres)
     monitor_batch_size: int = 500
     monitor_batch_ms: int = 200
@@ -233,6 +236,8 @@ class Settings:
             asr_vad=_env_choice(env, "STREAMSENSE_ASR_VAD", "silero", VAD_KINDS),
             asr_word_timestamps=env_bool(env, "STREAMSENSE_ASR_WORD_TIMESTAMPS", False),
             asr_partial_interval_ms=_env_int(env, "STREAMSENSE_ASR_PARTIAL_INTERVAL_MS", 0, minimum=0),
+            asr_max_chunk_s=_env_int(env, "STREAMSENSE_ASR_MAX_CHUNK_S", 30),
+            asr_max_chunk_bytes=_env_int(env, "STREAMSENSE_ASR_MAX_CHUNK_BYTES", 16 * 1024 * 1024, minimum=1024),
             asr_context_s=_env_int(env, "STREAMSENSE_ASR_CONTEXT_S", 10, minimum=0),
             asr_beam_size=_env_int(env, "STREAMSENSE_ASR_BEAM_SIZE", 3, minimum=1),
             asr_batch_size=_env_int(env, "STREAMSENSE_ASR_BATCH_SIZE", 32),
@@ -243,6 +248,7 @@ class Settings:
             recs_read_ahead=_env_int(env, "STREAMSENSE_RECS_READ_AHEAD", 2, minimum=0),
             recs_checkpoint_s=_env_int(env, "STREAMSENSE_RECS_CHECKPOINT_S", 30),
             recs_checkpoint_events=_env_int(env, "STREAMSENSE_RECS_CHECKPOINT_EVENTS", 50_000),
+            recs_max_k=_env_int(env, "STREAMSENSE_RECS_MAX_K", 1000),
             recs_content=env_bool(env, "STREAMSENSE_RECS_CONTENT", True),
             monitor_batch_size=_env_int(env, "STREAMSENSE_MONITOR_BATCH_SIZE", 500),
             monitor_batch_ms=_env_int(env, "STREAMSENSE_MONITOR_BATCH_MS", 200, minimum=0),

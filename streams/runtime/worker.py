@@ -72,6 +72,8 @@ def build_asr(settings: Settings, progress: Progress) -> Processor:
         word_timestamps=settings.asr_word_timestamps,
         partial_interval_ms=settings.asr_partial_interval_ms,
         context_s=settings.asr_context_s,
+        max_chunk_s=settings.asr_max_chunk_s,
+        max_chunk_bytes=settings.asr_max_chunk_bytes,
     )
 
 
@@ -91,6 +93,7 @@ def build_recs(settings: Settings, progress: Progress) -> Processor:
         read_ahead=settings.recs_read_ahead,
         checkpoint_s=settings.recs_checkpoint_s,
         checkpoint_events=settings.recs_checkpoint_events,
+        max_k=settings.recs_max_k,
     )
 
 

@@ -273,3 +273,20 @@ def test_a_checkpoint_is_never_unpickled_beyond_tensors_and_plain_values(tmp_pat
     torch.save({"v": 1, "state": small_model().state_dict()}, old)  # version 1: numpy arrays pickled
     with pytest.raises(ValueError, match="version-1 file"):
         p.restore([Checkpoint("app", zlib.compress(old.getvalue()), {})])
+
+
+def test_the_largest_k_is_a_setting_on_the_topic_and_the_web_view() -> None:
+    from streams.contracts.settings import Settings
+    from streams.runtime.worker import build_recs
+
+    o = Offsets()
+    p = RecsProcessor(small_model(), max_k=5)
+    out = p.process([click(o, "c", "u", "i"), o.rec(topics.RECS_REQUESTS, {"id": "r1", "user_id": "u", "k": 6}),
+                     o.rec(topics.RECS_REQUESTS, {"id": "r2", "user_id": "u", "k": 5})])
+    assert [r.topic for r in out] == [topics.DEADLETTER, topics.RECS_RESPONSES]
+    assert "1..5" in json.loads(out[0].value)["reason"]
+    view = p.routes()["/recommend/{user_id}"]
+    assert view({"user_id": "u"}, {"k": "6"})[0] == 400 and view({"user_id": "u"}, {"k": "5"})[0] == 200
+    worker = build_recs(Settings.from_env({"STREAMSENSE_RECS_MAX_K": "7", "STREAMSENSE_RECS_CONTENT": "0"}),
+                        lambda _line: None)
+    assert worker.max_k == 7
