@@ -10,7 +10,7 @@ APT_PACKAGES := flite prometheus chromium
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps models demo test test-unit test-integration lint bench clean
+.PHONY: install system-deps models demo test test-unit test-integration lint bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ lint: install
 
 bench: models
 	$(BIN)/python bench/text_throughput.py
+
+# 10 minutes of mixed text, audio and clicks through one worker of each kind (not part of `make test`)
+soak: models
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
