@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -176,3 +177,44 @@ def test_tail_of_a_missing_topic_is_one_line_saying_what_to_run(broker: str) -> 
     done = streamsense("tail", "no.such.topic", "--bootstrap", broker)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "topic 'no.such.topic' does not exist" in done.stderr and "streamsense topics create" in done.stderr
+
+
+def test_two_text_workers_split_the_partitions_and_one_takes_over_when_the_other_is_killed(
+        broker: str, tmp_path: Path) -> None:
+    """Scale-out and failover: two workers in one group split text.in; after one is SIGKILLed the other holds
+    every partition within the session timeout (plus a rebalance) and every input id comes out (duplicates
+    allowed: at-least-once, they carry the same id)."""
+    prefix = f"pair-{uuid.uuid4().hex[:6]}"
+    app_id = f"test-pair-{uuid.uuid4().hex[:6]}"
+    n_partitions = describe_topics(Settings(bootstrap=broker), broker)[topics.TEXT_IN]
+    a = WorkerProcess(broker, tmp_path, app_id=app_id).start()
+    b = WorkerProcess(broker, tmp_path, app_id=app_id).start()
+
+    def text_partitions(worker: WorkerProcess) -> set[str]:
+        status, body = worker.get("/ready")
+        return {p for p in body.get("partitions", []) if p.startswith(f"{topics.TEXT_IN}[")} if status == 200 else set()
+
+    def wait_until(check, what: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            assert time.monotonic() < deadline, f"{what} not within {timeout_s} s:\n{a.log()[-2000:]}"
+            time.sleep(0.5)
+
+    try:
+        a.wait_ready(timeout_s=180)
+        b.wait_ready(timeout_s=180)
+        wait_until(lambda: text_partitions(a) and text_partitions(b)
+                   and len(text_partitions(a) | text_partitions(b)) == n_partitions, "a split", 60)
+        first = text_records([f"Item {i}: Carol drove from Leeds to York" for i in range(200)], f"{prefix}-a")
+        produce(broker, first)
+        collect(broker, topics.TEXT_ENRICHED, len(first), match=f"{prefix}-a", worker=a, timeout_s=240)
+        b.kill()  # no commit, no leave-group
+        second = text_records([f"Item {i}: Dan flew from Oslo to Rome" for i in range(200)], f"{prefix}-b")
+        produce(broker, second)
+        wait_until(lambda: len(text_partitions(a)) == n_partitions, "the take-over", 60)
+        out = collect(broker, topics.TEXT_ENRICHED, len(second), match=f"{prefix}-b", worker=a, timeout_s=240)
+        assert {e["id"] for e in out} == {f"{prefix}-b-{i:04d}" for i in range(200)}
+    finally:
+        for w in (a, b):
+            if w.proc is not None and w.proc.poll() is None:
+                w.kill()
