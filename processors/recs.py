@@ -144,8 +144,8 @@ class RecsProcessor:
     def _response(self, record: RawRecord, request_id: str, user_id: str, k: int) -> OutRecord:
         value = {"id": request_id, "ts": self.clock(), "schema": schema_id(topics.RECS_RESPONSES),
                  **self._recommend_locked(user_id, k)}
-        return OutRecord(topics.RECS_RESPONSES, request_id.encode(), encode(value), partition=record.partition,
-                         source=record)
+        key = request_id.encode("utf-8", "surrogatepass")  # JSON may spell a lone surrogate ("\\udc80")
+        return OutRecord(topics.RECS_RESPONSES, key, encode(value), partition=record.partition, source=record)
 
     # -- serving
     def _recommend_locked(self, user_id: str, k: int) -> dict[str, Any]:

@@ -172,7 +172,7 @@ class RetrainerProcessor:
             ts = self.clock()
             request = retrain_request(f"{d.model}:{d.reason}:{ts}", ts=ts, model=d.model, reason=d.reason,
                                       requested_by="retrain-policy", drift_event_id=d.drift_event_id)
-            out.append(OutRecord(topics.RETRAIN_REQUESTS, d.model.encode(), encode(request)))
+            out.append(OutRecord(topics.RETRAIN_REQUESTS, d.model.encode("utf-8", "surrogatepass"), encode(request)))
         return out
 
     def _decision_record(self, model: str, decision: str, reason: str, detail: str, **fields: Any) -> OutRecord:
@@ -181,7 +181,7 @@ class RetrainerProcessor:
             log.warning("retrainer: %s %s (%s): %s", model, decision, reason, detail)
         event = retrain_decision(ts=self.clock(), model=model, decision=decision, reason=reason, detail=detail,
                                  **{k: v for k, v in fields.items() if v is not None})
-        return OutRecord(topics.RETRAIN_DECISIONS, model.encode(), encode(event))
+        return OutRecord(topics.RETRAIN_DECISIONS, model.encode("utf-8", "surrogatepass"), encode(event))
 
     def _request(self, request: dict[str, Any]) -> list[OutRecord]:
         model = request["model"]

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31: as streams/contracts/schemas.py (models/ imports no contracts)
 EVENT_TYPES = ("impression", "click", "like", "rating", "purchase")
 
 # Implicit-feedback strength per event type. Impressions are a weak positive (the item was at least shown and
@@ -46,16 +47,21 @@ class ClickEvent:
             if event not in EVENT_TYPES:
                 raise ValueError(f"unknown event type {event!r}")
             value = d.get("value")
+            ts = d.get("ts") or 0
+            if isinstance(ts, bool) or not isinstance(ts, int | float) or not -MAX_TS_MS <= ts <= MAX_TS_MS:
+                raise ValueError(f"field 'ts' must be milliseconds since epoch within ±{MAX_TS_MS}, got {ts!r}")
             return cls(
                 id=str(d["id"]),
                 user_id=str(d["user_id"]),
                 item_id=str(d["item_id"]),
                 event=event,
                 value=None if value is None else float(value),
-                ts=int(d.get("ts") or 0),
+                ts=int(ts),
             )
         except KeyError as exc:
             raise ValueError(f"click event missing field {exc.args[0]!r}") from exc
+        except OverflowError as exc:  # an integer beyond float range (valid JSON: 10**400)
+            raise ValueError(f"click event number out of range: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

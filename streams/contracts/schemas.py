@@ -60,7 +60,13 @@ def decode_json_object(raw: bytes | None) -> dict[str, Any]:
 
 
 def encode(event: Mapping[str, Any]) -> bytes:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """UTF-8 JSON. A lone surrogate (JSON may spell one, "\\ud800", and json.loads accepts it) has no UTF-8
+    form: such an event is written with ASCII escapes instead, which every JSON reader decodes the same."""
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(event, separators=(",", ":")).encode("ascii")
 
 
 def require_str(obj: Mapping[str, Any], name: str, *, allow_empty: bool = False) -> str:
@@ -88,12 +94,17 @@ def check_schema(obj: Mapping[str, Any], topic: str) -> None:
         raise SchemaError(f"unsupported schema version {declared!r}; this build reads up to {schema_id(topic)}")
 
 
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every time library can represent it
+
+
 def optional_ts(obj: Mapping[str, Any], fallback_ms: int) -> int:
     ts = obj.get("ts")
     if ts is None:
         return fallback_ms
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise SchemaError(f"field 'ts' must be milliseconds since epoch (number), got {json_type(ts)}")
+    if not -MAX_TS_MS <= ts <= MAX_TS_MS:  # also NaN and Infinity (JSON readers accept them), which int() refuses
+        raise SchemaError(f"field 'ts' must be milliseconds since epoch within ±{MAX_TS_MS}, got {ts!r}")
     return int(ts)
 
 
@@ -184,6 +195,8 @@ def validate_text_enriched(obj: Mapping[str, Any]) -> None:
         raise SchemaError("entities must be an array")
     text = obj["text"]
     for ent in entities:
+        if not isinstance(ent, dict):
+            raise SchemaError(f"each entity must be an object, got {json_type(ent)}")
         if ent.get("label") not in ENTITY_LABELS:
             raise SchemaError(f"entity label must be one of {ENTITY_LABELS}, got {ent.get('label')!r}")
         start, end = ent.get("start"), ent.get("end")
