@@ -6,6 +6,8 @@ name and topic — never event ids or user ids, which would explode cardinality.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -88,5 +90,22 @@ DRIFT_EPISODES = Counter(
 
 
 def exposition() -> bytes:
-    """The registry in Prometheus text format."""
-    return generate_latest(REGISTRY)
+    """The registry in Prometheus text format.
+
+    A label value may hold a lone surrogate (a model name from a hostile message: JSON may spell "\\ud800"), which
+    has no UTF-8 form; generate_latest would then fail on every scrape from then on, so such values are written
+    with "?" in its place."""
+    try:
+        return generate_latest(REGISTRY)
+    except UnicodeEncodeError:
+        return generate_latest(_EncodableLabels())  # type: ignore[arg-type]
+
+
+class _EncodableLabels:
+    """REGISTRY's metrics with every label value made UTF-8 encodable."""
+
+    def collect(self) -> Any:
+        for metric in REGISTRY.collect():
+            metric.samples = [s._replace(labels={k: v.encode("utf-8", "replace").decode("utf-8")
+                                                 for k, v in s.labels.items()}) for s in metric.samples]
+            yield metric
