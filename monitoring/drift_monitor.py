@@ -89,6 +89,12 @@ class DriftMonitor:
         return [Alarm(key, t, int(ts[t.index]), sig.reference.as_dict(),
                       sig.since_reference.events - (len(values) - 1 - t.index)) for t in transitions]
 
+    def embedding_dim(self, model: str, version: str, signal: str) -> int | None:
+        """The length of the vectors an embedding signal was fed (None before its first): a vector of another
+        length cannot be compared with its reference."""
+        reference = self.embeddings.get(SignalKey(model, version, signal))
+        return reference.dim if reference is not None else None
+
     def detectors(self) -> int:
         return sum(len(s.detectors) for s in self.signals.values() if s.ready)
 

@@ -40,6 +40,13 @@ class EmbeddingReference:
     def ready(self) -> bool:
         return self.mean is not None
 
+    @property
+    def dim(self) -> int | None:
+        """The vectors' length once one was seen: later ones must match it."""
+        if self.mean is not None:
+            return int(self.mean.size)
+        return int(self._collected[0].size) if self._collected else None
+
     def distances(self, vectors: np.ndarray) -> tuple[np.ndarray, int]:
         """Squared distances of the vectors after the reference, and the index of the first one with a distance."""
         vectors = np.asarray(vectors, dtype=np.float64)

@@ -55,20 +55,34 @@ MONITORED = (topics.TEXT_ENRICHED, topics.ASR_TRANSCRIPTS, topics.RECS_RESPONSES
 STATE_KEY = "monitor"
 
 
+def number(value: Any, what: str) -> float:
+    """``value`` as a finite float, or the reason it cannot be one: JSON allows integers past float range and
+    Python's parser NaN and Infinity, any of which would break the detectors' arithmetic for every later event."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{what} must be a number, got {value!r:.40}")
+    try:
+        x = float(value)
+    except OverflowError:
+        raise SchemaError(f"{what} is out of range ({len(str(value))} digits)") from None
+    if not math.isfinite(x):
+        raise SchemaError(f"{what} must be finite, got {x}")
+    return x
+
+
 def text_signals(event: dict[str, Any]) -> list[Observation]:
     validate_text_enriched(event)
     s, n = event["models"].get("sentiment", "unknown"), event["models"].get("ner", "unknown")
     out: list[Observation] = [
         ("sentiment", s, "label", event["sentiment"]["label"]),
-        ("sentiment", s, "confidence", float(event["sentiment"]["score"])),
+        ("sentiment", s, "confidence", number(event["sentiment"]["score"], "sentiment.score")),
         ("sentiment", s, "text_length", float(len(event["text"]))),
         ("ner", n, "entities_per_text", float(len(event["entities"]))),
     ]
     embedding = event["sentiment"].get("embedding")
     if embedding is not None:
-        if not (isinstance(embedding, list) and embedding and all(isinstance(x, int | float) for x in embedding)):
+        if not (isinstance(embedding, list) and embedding):
             raise SchemaError("sentiment.embedding must be a non-empty array of numbers")
-        out.append(("sentiment", s, "embedding", embedding))
+        out.append(("sentiment", s, "embedding", [number(x, "a sentiment.embedding value") for x in embedding]))
     out.extend(("ner", n, "entity_type", e["label"]) for e in event["entities"])
     return out
 
@@ -79,14 +93,15 @@ def asr_signals(event: dict[str, Any]) -> list[Observation]:
     model, start, end, text = event.get("model"), event.get("start"), event.get("end"), event.get("text")
     if not isinstance(model, str) or not isinstance(text, str):
         raise SchemaError("a final transcript needs string fields 'model' and 'text'")
-    if not (isinstance(start, int | float) and isinstance(end, int | float) and end > start):
-        raise SchemaError(f"a final transcript needs numeric start < end, got start={start!r} end={end!r}")
-    duration = float(end - start)
+    duration = number(end, "end") - number(start, "start")
+    if not 0 < duration < math.inf:
+        raise SchemaError(f"a final transcript needs start < end (finitely), got start={start!r} end={end!r}")
     out: list[Observation] = [("asr", model, "segment_s", duration),
                               ("asr", model, "words_per_s", len(text.split()) / duration)]
-    for name in ("avg_logprob", "no_speech_prob"):
-        if isinstance(event.get(name), int | float):
-            out.append(("asr", model, name, float(event[name])))
+    for name in ("avg_logprob", "no_speech_prob"):  # optional: a value that is not a finite number is ignored
+        value = event.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            out.append(("asr", model, name, float(value)))
     if isinstance(event.get("language"), str):
         out.append(("asr", model, "language", event["language"]))
     return out
@@ -96,9 +111,9 @@ def recs_signals(event: dict[str, Any]) -> list[Observation]:
     model, items = event.get("model"), event.get("items")
     if not isinstance(model, str) or not isinstance(items, list):
         raise SchemaError("a recommendation response needs 'model' (string) and 'items' (array)")
-    scores = [i.get("score") for i in items if isinstance(i, dict)]
-    if len(scores) != len(items) or not all(isinstance(x, int | float) for x in scores):
+    if not all(isinstance(i, dict) for i in items):
         raise SchemaError("every recommended item needs a numeric 'score'")
+    scores = [number(i.get("score"), "a recommended item's 'score'") for i in items]
     if not scores:
         return []
     return [("recs", model, "top_score", float(max(scores))),
@@ -129,6 +144,7 @@ class MonitorProcessor:
         self.batch_size, self.batch_ms, self.read_ahead = batch_size, batch_ms, read_ahead
         self.stats_ms, self.checkpoint_ms = int(stats_s * 1000), int(checkpoint_s * 1000)
         self.offsets: dict[TP, int] = {}
+        self._embedding_dims: dict[tuple[str, str, str], int] = {}  # (model, version, signal) → vector length
         self._stats_at = self._checkpoint_at = 0
         self._changed = False
 
@@ -165,6 +181,7 @@ class MonitorProcessor:
                         self.hits.clicked(click.user_id, click.item_id, ts=ts)]
         event = decode_json_object(r.value)
         observations = EXTRACTORS[r.topic](event)
+        self._check_embedding_lengths(observations)
         ts = event["ts"] if isinstance(event.get("ts"), int) else (r.timestamp_ms or now_ms())
         if r.topic == topics.RECS_RESPONSES and event["items"]:
             items = [str(i.get("item_id")) for i in event["items"]]
@@ -173,6 +190,19 @@ class MonitorProcessor:
             if isinstance(event.get("user_id"), str | int):
                 self.hits.served(str(event["user_id"]), items, ts=ts, model=str(event["model"]))
         return ts, observations
+
+    def _check_embedding_lengths(self, observations: list[Observation]) -> None:
+        """An embedding of another length than its version's earlier ones is a bad record, not a crash of the
+        batch (the reference stacks them)."""
+        for model, version, signal, value in observations:
+            if signal != "embedding":
+                continue
+            key = (model, version, signal)
+            dim = self._embedding_dims.get(key) or self.monitor.embedding_dim(*key)
+            if dim is not None and len(value) != dim:
+                raise SchemaError(f"sentiment.embedding has {len(value)} values; the embeddings of "
+                                  f"{version} so far have {dim}")
+            self._embedding_dims[key] = len(value)
 
     def _drift_record(self, alarm: Alarm) -> OutRecord:
         t, key = alarm.transition, alarm.key
@@ -218,6 +248,7 @@ class MonitorProcessor:
             if cp.key == STATE_KEY:
                 state = json_state(cp)
                 self.monitor.restore(state)
+                self._embedding_dims = {}
                 if "hits" in state:
                     self.hits = HitTracker.from_state(state["hits"])
                 if "click_counts" in state:

@@ -99,7 +99,9 @@ class RetrainerProcessor:
         self.labels: deque[tuple[str, str, str, int]] = deque(maxlen=max_labels)  # id, text, label, ts
         self.texts: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # id → text, predicted label, version
         self.text_cache, self.join_ms, self.checkpoint_ms = text_cache, int(join_s * 1000), int(checkpoint_s * 1000)
-        self.pending: dict[str, _Pending] = {}
+        # labels without text waiting for their text.enriched event, by id: a list, since two labels for one id
+        # are two training examples and neither may vanish
+        self.pending: dict[str, list[_Pending]] = {}
         self.offsets: dict[TP, int] = {}
         self.clock = clock
         self._replaying = False
@@ -139,14 +141,16 @@ class RetrainerProcessor:
         self.texts.move_to_end(event["id"])
         while len(self.texts) > self.text_cache:
             self.texts.popitem(last=False)
-        pending = self.pending.pop(event["id"], None)
-        return self._labeled(event["id"], pending.label, None, pending.ts) if pending else []
+        out: list[OutRecord] = []
+        for p in self.pending.pop(event["id"], []):
+            out += self._labeled(event["id"], p.label, None, p.ts)
+        return out
 
     def _feedback(self, r: RawRecord) -> list[OutRecord]:
         event = parse_feedback(r.value)
         ts = event["ts"] if isinstance(event.get("ts"), int) else (r.timestamp_ms or self.clock())
         if event.get("text") is None and event["id"] not in self.texts:
-            self.pending[event["id"]] = _Pending(event["label"], ts, r)
+            self.pending.setdefault(event["id"], []).append(_Pending(event["label"], ts, r))
             return []
         return self._labeled(event["id"], event["label"], event.get("text"), ts)
 
@@ -256,13 +260,18 @@ class RetrainerProcessor:
 
     def tick(self, now_ms: int) -> list[OutRecord]:
         out: list[OutRecord] = []
-        for event_id, p in list(self.pending.items()):
-            if now_ms - p.ts > self.join_ms:
+        for event_id, waiting in list(self.pending.items()):
+            expired = [p for p in waiting if now_ms - p.ts > self.join_ms]
+            if not expired:
+                continue
+            if kept := [p for p in waiting if now_ms - p.ts <= self.join_ms]:
+                self.pending[event_id] = kept
+            else:
                 del self.pending[event_id]
-                out.append(dead_letter(p.record, processor=self.name, error="FeedbackJoinTimeout",
-                                       reason=f"no text for feedback id {event_id!r}: no text.enriched event with "
-                                              f"that id within {self.join_ms / 1000:.0f} s, and the label has no "
-                                              "'text' field"))
+            out += [dead_letter(p.record, processor=self.name, error="FeedbackJoinTimeout",
+                                reason=f"no text for feedback id {event_id!r}: no text.enriched event with that id "
+                                       f"within {self.join_ms / 1000:.0f} s, and the label has no 'text' field")
+                    for p in expired]
         for decision in self.policy.due(now_ms):
             out += self._decided(decision)
         return out
@@ -272,7 +281,8 @@ class RetrainerProcessor:
             return []
         self._checkpoint_at, self._changed = now_ms, False
         state = {"labels": list(self.labels), "policy": self.policy.state(), "watch": self.watch.state(),
-                 "pending": {i: [p.label, p.ts, _record_state(p.record)] for i, p in self.pending.items()}}
+                 "pending": {i: [[p.label, p.ts, _record_state(p.record)] for p in waiting]
+                             for i, waiting in self.pending.items()}}
         return [json_checkpoint(STATE_KEY, state, self.offsets)]
 
     def restore(self, checkpoints: Sequence[Checkpoint]) -> None:
@@ -282,8 +292,8 @@ class RetrainerProcessor:
                 self.labels.extend(tuple(x) for x in state["labels"])  # type: ignore[misc]
                 self.policy.restore(state["policy"])
                 self.watch.restore(state["watch"])
-                self.pending = {i: _Pending(label, ts, _record_of(rec))
-                                for i, (label, ts, rec) in state["pending"].items()}
+                self.pending = {i: [_Pending(label, ts, _record_of(rec)) for label, ts, rec in _waiting(entry)]
+                                for i, entry in state["pending"].items()}
                 self.offsets = dict(cp.offsets)
 
     def replay(self, records: Sequence[RawRecord]) -> None:
@@ -294,6 +304,17 @@ class RetrainerProcessor:
             self.process(records)
         finally:
             self._replaying = False
+
+
+def _waiting(entry: list[Any]) -> list[list[Any]]:
+    """The labels waiting for one id in a checkpoint: a list of [label, ts, record]; a checkpoint of the previous
+    release holds one [label, ts, record] (its label is a string).
+
+    >>> record = ["feedback", 0, 7, "", "", 1]
+    >>> _waiting(["positive", 1, record]) == _waiting([["positive", 1, record]]) == [["positive", 1, record]]
+    True
+    """
+    return [entry] if entry and isinstance(entry[0], str) else entry
 
 
 def _record_state(r: RawRecord) -> list[Any]:

@@ -51,7 +51,10 @@ def parse_meta(record: RawRecord) -> ChunkMeta:
     missing = [h for h in REQUIRED_HEADERS if not headers.get(h)]
     if missing:
         raise BadChunk(f"missing required header(s): {', '.join(missing)}")
-    key = record.key.decode("utf-8", "replace") if record.key else ""
+    try:  # strictly: two undecodable keys would both become "\ufffd", merging two streams into one
+        key = record.key.decode("utf-8") if record.key else ""
+    except UnicodeDecodeError:
+        raise BadChunk(f"the message key {record.key[:40]!r} is not valid UTF-8 (a stream id is a string)") from None
     stream_id = headers.get("stream_id") or key
     if not stream_id:
         raise BadChunk("no stream id: neither a stream_id header nor a message key")

@@ -204,8 +204,8 @@ def validate_text_enriched(obj: Mapping[str, Any]) -> None:
             raise SchemaError(f"entity offsets [{start}, {end}) out of range for a text of {len(text)} characters")
         if text[start:end] != ent.get("text"):
             raise SchemaError(f"entity text {ent.get('text')!r} != text[{start}:{end}] {text[start:end]!r}")
-    if not isinstance(obj.get("models"), dict):
-        raise SchemaError("models must be an object of name@version strings")
+    if not isinstance(obj.get("models"), dict) or not all(isinstance(v, str) for v in obj["models"].values()):
+        raise SchemaError(f"models must be an object of name@version strings, got {obj.get('models')!r:.80}")
     if not isinstance(obj.get("latency_ms"), int | float):
         raise SchemaError("latency_ms must be a number")
 

@@ -17,8 +17,8 @@ non-finite ``value`` on a click event other than a rating (only ratings use it),
 stream already has (dropped as a redelivery), a transcript that is not final (no signal), a response with no
 items, a drift event of a model the policy does not retrain, a model update of another model.
 
-Known bugs are kept out of the strategies and pinned by the ``xfail(strict=True)`` tests at the end of the file;
-when one is fixed its test fails as XPASS: move its input into the strategies and delete the xfail.
+The bugs these tests found are kept as examples at the end of the file (regression tests); a newly found one is
+pinned there with ``xfail(strict=True)`` until it is fixed.
 """
 
 from __future__ import annotations
@@ -811,8 +811,8 @@ def response_cases() -> list[st.SearchStrategy[Case]]:
         st.lists(st.tuples(VALUES, NUMBER), min_size=1, max_size=4).map(
             lambda items: Case(dumps({**e, "items": [{"item_id": i, "score": s} for i, s in items]}), OK,
                                f"items {short(items)}")),
-        NON_FINITE.map(lambda raw: Case(with_raw(e, "items", b'[{"item_id":"i","score":' + raw + b"}]"), OK,
-                                        f"score {raw!r} (accepted: it feeds the detectors)")),
+        NON_FINITE.map(lambda raw: Case(with_raw(e, "items", b'[{"item_id":"i","score":' + raw + b"}]"), DEAD,
+                                        f"score {raw!r} (it would stall the detectors)")),
         variants(e, "user_id", VALUES, OK, "any user"),
         *extras(e, OK),
     ]
@@ -1079,23 +1079,16 @@ def test_retrainer_model_updates(hostile: list[tuple[str, Case]]) -> None:
     check_retrainer(topics.MODEL_UPDATES, hostile)
 
 
-# --- known bugs: each pinned by a failing example, xfail(strict=True) until it is fixed -------------------------
-# A fix makes its test XPASS, which strict turns into a failure: then move the input into the strategies above.
-
-def bug(reason: str, raises: type[BaseException] | tuple[type[BaseException], ...]) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
+# --- bugs these tests found: each example stays as a regression test ----------------------------------------
+# A new one is pinned here by its failing example under xfail(strict=True) until it is fixed (then the strict
+# XPASS fails the run, and the mark goes).
 
 CHECKS = {"text": check_text, "asr": check_audio, "recs": check_recs, "monitor": check_monitor,
           "retrainer": check_retrainer}
-HUGE_INT = bug("an integer beyond float range (10**400, valid JSON) reaches float(): OverflowError, which nothing "
-               "catches (click value: recs and monitor; the monitor's transcript times, scores, embeddings)",
-               OverflowError)
-FIXED = ()  # a bug of this list that was fixed: its example stays as a regression test
 
 
-def known(processor: str, topic: str, case: Case, mark: pytest.MarkDecorator | tuple, name: str) -> Any:
-    return pytest.param(processor, topic, case, marks=mark, id=f"{processor}-{topic}-{name}")
+def known(processor: str, topic: str, case: Case, name: str) -> Any:
+    return pytest.param(processor, topic, case, id=f"{processor}-{topic}-{name}")
 
 
 def raw_case(raw: bytes, why: str, expect: str = ANY, meta: Any = None) -> Case:
@@ -1103,94 +1096,86 @@ def raw_case(raw: bytes, why: str, expect: str = ANY, meta: Any = None) -> Case:
 
 
 BIG = b"1" + b"0" * 400
-KNOWN_BUGS = [
+FOUND_BUGS = [
     known("text", topics.TEXT_IN, raw_case(b'{"id":"s","text":"\\ud800","source":"t"}', "surrogate text"),
-          FIXED, "surrogate"),
+          "surrogate"),
     known("recs", topics.RECS_REQUESTS, raw_case(b'{"id":"\\udc80","user_id":"u0"}', "surrogate request id",
-                                                 meta=("\udc80", "u0", 10)), FIXED, "surrogate"),
+                                                 meta=("\udc80", "u0", 10)), "surrogate"),
     known("retrainer", topics.RETRAIN_REQUESTS,
           raw_case(b'{"id":"q-s","model":"\\ud800","reason":"manual","requested_by":"t"}', "surrogate model",
-                   meta=("request", "q-s")), FIXED, "surrogate"),
+                   meta=("request", "q-s")), "surrogate"),
     known("retrainer", topics.DRIFT_EVENTS, raw_case(with_raw({**DRIFT, "level": "warning"}, "id", b'"\\ud800"'),
                                                      "surrogate drift id", meta=("decision", "\ud800")),
-          FIXED, "surrogate"),
-    known("text", topics.TEXT_IN, raw_case(with_raw(TEXT_IN, "ts", b"NaN"), "ts NaN"), FIXED, "ts-nan"),
+          "surrogate"),
+    known("text", topics.TEXT_IN, raw_case(with_raw(TEXT_IN, "ts", b"NaN"), "ts NaN"), "ts-nan"),
     known("recs", topics.CLICKS, raw_case(with_raw(CLICK, "ts", b"Infinity"), "ts Infinity", meta="c"),
-          FIXED, "ts-infinity"),
+          "ts-infinity"),
     known("retrainer", topics.FEEDBACK, raw_case(with_raw({**FEEDBACK, "id": "f-n"}, "ts", b"NaN"), "ts NaN",
-                                                 meta=("label", "f-n")), FIXED, "ts-nan"),
-    known("monitor", topics.CLICKS, raw_case(with_raw(CLICK, "value", BIG), "value 10**400", meta="c"), FIXED,
-          "value-10e400"),
-    known("monitor", topics.ASR_TRANSCRIPTS, raw_case(with_raw(TRANSCRIPT, "end", BIG), "end 10**400"), HUGE_INT,
+                                                 meta=("label", "f-n")), "ts-nan"),
+    known("monitor", topics.CLICKS, raw_case(with_raw(CLICK, "value", BIG), "value 10**400", meta="c"), "value-10e400"),
+    known("monitor", topics.ASR_TRANSCRIPTS, raw_case(with_raw(TRANSCRIPT, "end", BIG), "end 10**400", DEAD),
           "end-10e400"),
     known("monitor", topics.RECS_RESPONSES, raw_case(with_raw(RESPONSE, "items", b'[{"item_id":"i","score":' + BIG
-                                                              + b"}]"), "score 10**400"), HUGE_INT, "score-10e400"),
+                                                              + b"}]"), "score 10**400", DEAD), "score-10e400"),
     known("monitor", topics.TEXT_ENRICHED, raw_case(with_raw(ENRICHED, "sentiment", b'{"label":"positive","score":0.5'
-                                                             b',"embedding":[' + BIG + b"]}"), "embedding 10**400"),
-          HUGE_INT, "embedding-10e400"),
+                                                             b',"embedding":[' + BIG + b"]}"), "embedding 10**400",
+                                                             DEAD), "embedding-10e400"),
     known("retrainer", topics.TEXT_ENRICHED, raw_case(dumps({**ENRICHED, "entities": ["Acme"]}),
-                                                      "entity not an object", DEAD), FIXED, "entity-not-object"),
+                                                      "entity not an object", DEAD), "entity-not-object"),
     known("retrainer", topics.RETRAIN_REQUESTS,
           raw_case(dumps({**RETRAIN, "id": "q-t", "ts": 10**30}), "ts past time_t", meta=("request", "q-t")),
-          FIXED, "ts-10e30"),  # was: the ts reached time.gmtime() (version_for) and raised OverflowError
+          "ts-10e30"),  # was: the ts reached time.gmtime() (version_for) and raised OverflowError
     known("monitor", topics.TEXT_ENRICHED, raw_case(dumps({**ENRICHED, "models": {"sentiment": ["v"]}}),
-                                                    "model version an array"),
-          bug("text.enriched 'models' values are not checked to be strings: an array becomes part of a dict key "
-              "(TypeError: unhashable)", TypeError), "version-array"),
+                                                    "model version an array", DEAD), "version-array"),
 ]
 
 
 def reproduce(check: Callable[[str, Sequence[tuple[str, Case]]], None], topic: str, cases: Sequence[Case]) -> None:
     """``check`` one batch of ``cases``; what it raises is raised from here, without the frames below (pytest
-    formats a traceback for every xfail, parsing the source of each frame: seconds for these tests)."""
+    formats a traceback for a pinned bug's xfail, parsing the source of each frame: seconds for these tests)."""
     try:
         check(topic, [(topic, c) for c in cases])
     except Exception as exc:
         raise exc.with_traceback(None) from None
 
 
-@pytest.mark.parametrize(("processor", "topic", "case"), KNOWN_BUGS)
-def test_known_bug(processor: str, topic: str, case: Case) -> None:
+@pytest.mark.parametrize(("processor", "topic", "case"), FOUND_BUGS)
+def test_found_bug_stays_fixed(processor: str, topic: str, case: Case) -> None:
     reproduce(CHECKS[processor], topic, [case])
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="sentiment embeddings of different lengths in one batch "
-                   "reach np.asarray (EmbeddingReference): ValueError (inhomogeneous shape), not a dead letter")
-def test_known_bug_monitor_embeddings_of_different_lengths() -> None:
+def test_monitor_embeddings_of_different_lengths() -> None:
+    """Was: they reached np.asarray (EmbeddingReference) together, a ValueError for the whole batch."""
     cases = [Case(dumps({**ENRICHED, "id": f"e{n}", "sentiment": {"label": "positive", "score": 0.5,
-                                                                  "embedding": [0.5] * n}}), ANY, f"embedding[{n}]")
-             for n in (2, 3)]
+                                                                  "embedding": [0.5] * n}}), expect, f"embedding[{n}]")
+             for n, expect in ((2, OK), (3, DEAD))]
     reproduce(check_monitor, topics.TEXT_ENRICHED, cases)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="two labels without text for one id both wait for "
-                   "its text.enriched event, but pending is keyed by id: the second replaces the first, which then "
-                   "ends as neither a label nor a dead letter (silently dropped)")
-def test_known_bug_retrainer_second_pending_label_drops_the_first() -> None:
+def test_retrainer_second_pending_label_keeps_the_first() -> None:
+    """Was: pending joins were keyed by id, so the second replaced the first, which then ended as neither a label
+    nor a dead letter."""
     cases = [Case(dumps({"id": "f-same", "label": label, "source": "test"}), DEAD, f"label {label} waiting",
                   meta=("join", "f-same")) for label in ("positive", "negative")]
     reproduce(check_retrainer, topics.FEEDBACK, cases)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="a key that is not UTF-8 is decoded with errors="
-                   "'replace': two streams keyed b'\\xff' and b'\\xfe' both become stream '\\ufffd', so the second's "
-                   "chunk 0 is dropped as a duplicate of the first's (neither dead-lettered nor transcribed)")
-def test_known_bug_asr_streams_with_undecodable_keys_merge() -> None:
+def test_asr_streams_with_undecodable_keys_do_not_merge() -> None:
+    """Was: keys were decoded with errors='replace', so b'\\xff' and b'\\xfe' both became stream '\\ufffd' and
+    the second's chunk 0 was dropped as a duplicate of the first's."""
     asr = CountingAsr()
     headers = tuple((k, v) for k, v in chunk_headers("x", 0, 16000, 1) if k != "stream_id")
     batch = records([(topics.AUDIO_CHUNKS, Case(TONE, ANY, f"key {key!r}", key=key, headers=headers))
                      for key in (b"\xff", b"\xfe")])
     letters = dead_letters(asr.process([r for r, _ in batch]), batch, "asr")
-    assert len(letters) == 2 or len(asr.streams) == 2  # each dead-lettered, or a stream of its own
+    assert len(letters) == 2 and not asr.streams
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="a null model version (text.enriched 'models' values are "
-                   "not checked) observed before a string one leaves signals of both versions (DriftMonitor.observe "
-                   "takes a None previous version for none): tick() sorts the signal keys for drift.stats and "
-                   "None < str raises TypeError, on every tick from then on")
-def test_known_bug_monitor_null_model_version_breaks_tick() -> None:
+def test_monitor_null_model_version_is_a_dead_letter_and_tick_works() -> None:
+    """Was: a null version observed before a string one left signals of both versions, and tick() (sorting the
+    signal keys for drift.stats) raised TypeError on every tick from then on."""
     monitor = SpyMonitor()
-    batch = records([(topics.TEXT_ENRICHED, Case(dumps({**ENRICHED, "models": {"sentiment": None}}), OK, "null")),
+    batch = records([(topics.TEXT_ENRICHED, Case(dumps({**ENRICHED, "models": {"sentiment": None}}), DEAD, "null")),
                      (topics.TEXT_ENRICHED, Case(dumps(ENRICHED), OK, "good text.enriched"))])
     letters = dead_letters(monitor.process([r for r, _ in batch]), batch, "monitor")
     account(batch, letters, set(monitor.observed))

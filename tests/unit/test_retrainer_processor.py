@@ -153,6 +153,27 @@ def test_labels_without_text_join_their_enriched_event_or_become_dead_letters(tm
     assert any("label" in d["reason"] for d in values(worker.sink.records, topics.DEADLETTER))
 
 
+def test_two_labels_waiting_for_one_id_both_survive_a_restart_and_both_join(tmp_path: Path) -> None:
+    """At-least-once feedback and two annotators both label the same event: each label is an example (a second
+    one used to replace the first, which then vanished: neither a label nor a dead letter)."""
+    clock, log = Clock(), Offsets()
+    processor = retrainer(tmp_path, clock)
+    worker = InProcessWorker(processor, clock=clock)
+    worker.run([log.record(topics.FEEDBACK, "a", feedback("a", "positive")),
+                log.record(topics.FEEDBACK, "a", feedback("a", "negative", ts=clock.ms + 30_000))])
+    worker.tick()
+    copy = retrainer(tmp_path, clock)
+    restart(copy, worker.state(), worker.store)
+    assert [p.label for p in copy.pending["a"]] == ["positive", "negative"]
+    clock.ms += 61_000  # the first label's join window is over, the second's is not
+    [dead] = values(InProcessWorker(copy, clock=clock).tick(), topics.DEADLETTER)
+    assert "no text for feedback id 'a'" in dead["reason"] and dead["source"]["offset"] == 0
+    out = InProcessWorker(copy, clock=clock).run(
+        [log.record(topics.TEXT_ENRICHED, "a", enriched("a", "what a film", "positive", "v1"))])
+    assert [(t, label) for _, t, label, _ in copy.labels] == [("what a film", "negative")] and not copy.pending
+    assert not values(out, topics.DEADLETTER)
+
+
 def test_requests_for_models_without_a_retrainer_are_skipped_with_the_reason(tmp_path: Path) -> None:
     clock, log = Clock(), Offsets()
     worker = InProcessWorker(retrainer(tmp_path, clock), clock=clock)
