@@ -171,3 +171,66 @@ def state_records(broker: str, app_id: str) -> list[StateRecord]:
         if rec.key == state_key(app_id, app_id) and rec.value is not None:
             found.append(decode_state_record(rec.value))
     return found
+
+
+def test_replicas_each_hold_the_whole_model_and_one_survives_the_other(tmp_path: Path) -> None:
+    """The recs scaling model: replicas with distinct app ids, each reading every partition of clicks and items
+    (its own group), each a complete model that serves /recommend and answers recs.requests. One SIGKILLed: the
+    other keeps absorbing clicks and serving; the killed one restarts from its checkpoint, replays, and reaches
+    the same applied count. Own broker: the applied counts must not see other tests' clicks."""
+    from streams.runtime.embedded import EmbeddedBroker
+    from streams.runtime.kafka_io import ensure_topics
+
+    p = f"rep{uuid.uuid4().hex[:6]}"
+    env = {"STREAMSENSE_STATE_DIR": str(tmp_path / "state"), "STREAMSENSE_RECS_CHECKPOINT_EVENTS": "50",
+           "STREAMSENSE_RECS_CONTENT": "0"}
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log", tansu_bin=Settings.from_env().tansu_bin) as embedded:
+        broker = embedded.bootstrap
+        ensure_topics(Settings(bootstrap=broker), broker)
+        a = RecsWorker(broker, tmp_path, processors="recs", app_id=f"{p}-a", env=env).start()
+        b = RecsWorker(broker, tmp_path, processors="recs", app_id=f"{p}-b", env=env).start()
+        try:
+            a.wait_ready(timeout_s=180)
+            b.wait_ready(timeout_s=180)
+            first = background(p)  # 180 clicks over every clicks partition (keyed by 30 users)
+            produce(broker, click_records(p, first, "a"))
+            for replica in (a, b):
+                replica.wait_applied(len(first), timeout_s=90)
+            request = {"id": f"{p}-req1", "user_id": f"{p}-b1", "k": 5}
+            produce(broker, [OutRecord(topics.RECS_REQUESTS, request["id"].encode(), json.dumps(request).encode())])
+            answers = read_answers(broker, request["id"], want=2)
+            assert len(answers) == 2 and all(len(r["items"]) == 5 for r in answers), answers  # one per replica
+
+            a.kill()
+            second = [(f"{p}-b{u}", f"{p}-{'c' if u % 2 else 'h'}{(u + 7) % 20}") for u in range(30)]
+            produce(broker, click_records(p, second, "b"))
+            total = len(first) + len(second)
+            served = b.wait_applied(total, timeout_s=90)  # the survivor absorbs and serves on its own
+            assert served["model"].endswith(f"+{total}")
+            user_items = {i["item_id"] for i in b.recommend(f"{p}-b3")["items"]}
+            assert not user_items & {item for user, item in first + second if user == f"{p}-b3"}  # clicked: excluded
+
+            restarted = RecsWorker(broker, tmp_path, processors="recs", app_id=f"{p}-a", env=env).start()
+            try:
+                restarted.wait_ready(timeout_s=180)  # ready once restored and replayed up to its committed offsets
+                restarted.wait_applied(total, timeout_s=90)  # and then caught up with what it missed
+                log = restarted.log()
+                assert f"recs: restored 1 checkpoint(s) from {topics.RECS_STATE}" in log, log[-3000:]
+                again = {i["item_id"] for i in restarted.recommend(f"{p}-b3")["items"]}
+                assert not again & {item for user, item in first + second if user == f"{p}-b3"}
+            finally:
+                assert restarted.stop() == 0, restarted.log()[-3000:]
+        finally:
+            for replica in (a, b):
+                if replica.proc is not None and replica.proc.poll() is None:
+                    replica.kill()
+
+
+def read_answers(broker: str, request_id: str, want: int) -> list[dict]:
+    """Every response to one request (replicas each answer it: the responses share its id)."""
+    found: list[dict] = []
+    for rec in read_topic(Settings(bootstrap=broker), broker, topics.RECS_RESPONSES, timeout_s=60,
+                          stop=lambda _r: len(found) >= want):
+        if rec.key == request_id.encode():
+            found.append(json.loads(rec.value))
+    return found
