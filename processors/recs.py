@@ -5,8 +5,9 @@ A thin adapter like processors/text.py: decoding, dead letters, checkpoints and 
 ``model.update`` (duplicates by event id are dropped by the model, unknown users/items are created), then
 answers the batch's requests, so a request sees every click consumed before it.
 
-Checkpoints and recovery (no Faust tables). Faust commits a batch's offsets right after it is processed,
-but the model lives in memory, so after a crash the committed offsets are *ahead* of what any saved state
+Checkpoints and recovery (no Faust tables). The runtime commits a batch's offsets right after its outputs
+are delivered (by default the recs worker is fed by the batch path, streams/runtime/batch_source.py), but the
+model lives in memory, so after a crash the committed offsets are *ahead* of what any saved state
 contains. Therefore the processor is ``Checkpointed`` (processors/base.py) with a ``file`` state store:
 
 * every ``checkpoint_s`` seconds or ``checkpoint_events`` events, `checkpoints` returns the model's

@@ -67,9 +67,13 @@ def attach(app: faust.App, runner: ProcessorRunner) -> Any:
 
             await runner.submit([raw_record(e.message) for e in events], ack)
 
+    attach_ticker(app, runner)
+    return run
+
+
+def attach_ticker(app: faust.App, runner: ProcessorRunner) -> None:
+    """The runner's periodic tick as a Faust timer (whichever path feeds its batches)."""
     if runner.tick_s is not None:
-        @app.timer(runner.tick_s, name=f"streamsense.{processor.name}.tick")
+        @app.timer(runner.tick_s, name=f"streamsense.{runner.processor.name}.tick")
         async def ticker() -> None:
             await runner.tick()
-
-    return run

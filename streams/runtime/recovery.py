@@ -111,7 +111,8 @@ def kafka_state_records(settings: Settings, bootstrap: str, topic: str,
     return seen
 
 
-def kafka_committed_offsets(settings: Settings, bootstrap: str, topics: Sequence[str]) -> dict[TP, int]:
+def kafka_committed_offsets(settings: Settings, bootstrap: str, topics: Sequence[str], group_id: str
+                            ) -> dict[TP, int]:
     """The group's committed offsets (next offset to read) for ``topics``; {} for a group that has none."""
     from kafka import TopicPartition
 
@@ -120,7 +121,7 @@ def kafka_committed_offsets(settings: Settings, bootstrap: str, topics: Sequence
     counts = describe_topics(settings, bootstrap)
     wanted = [TopicPartition(t, p) for t in topics for p in range(counts.get(t, 0))]
     with admin_client(settings, bootstrap) as admin:
-        got = admin.list_group_offsets({settings.app_id: wanted}).get(settings.app_id, {})
+        got = admin.list_group_offsets({group_id: wanted}).get(group_id, {})
     return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in got.items()
             if tp.topic in topics and meta.offset is not None and meta.offset >= 0}
 
@@ -172,7 +173,7 @@ def kafka_read_range(settings: Settings, bootstrap: str, timeout_s: float = 300.
 
 
 def restore_from_kafka(processor: Checkpointed, store: StateStore, settings: Settings, bootstrap: str,
-                       progress: Progress, partitions: Set[TP] | None = None) -> int:
+                       progress: Progress, partitions: Set[TP] | None = None, *, group_id: str | None = None) -> int:
     """The recovery of one checkpointed processor against a real cluster: at start (``partitions`` None: every
     checkpoint), or for the partitions a rebalance just assigned (handover.py: only checkpoints whose offsets
     name one of them, replayed only on them)."""
@@ -186,7 +187,7 @@ def restore_from_kafka(processor: Checkpointed, store: StateStore, settings: Set
              + (f" ({keys})" if keys else ""))
 
     def committed() -> dict[TP, int]:
-        offsets = kafka_committed_offsets(settings, bootstrap, processor.replay_topics)
+        offsets = kafka_committed_offsets(settings, bootstrap, processor.replay_topics, group_id or settings.app_id)
         return offsets if partitions is None else {tp: o for tp, o in offsets.items() if tp in partitions}
 
     return recover(processor, checkpoints, committed, kafka_read_range(settings, bootstrap), progress)

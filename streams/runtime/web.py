@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +28,23 @@ from streams.runtime.runner import ProcessorRunner
 
 @dataclass
 class Readiness:
+    """What /ready waits for: models and state, then a first assignment from every consumer of the worker (the
+    Faust consumer and each batch source, streams/runtime/batch_source.py), which each report theirs."""
+
     models_loaded: bool = False
-    assigned: bool = False
-    partitions: list[str] = field(default_factory=list)
+    consumers: tuple[str, ...] = ("faust",)
+    assignments: dict[str, list[str]] = field(default_factory=dict)  # consumer → "topic[partition]"s it holds
+
+    def assign(self, consumer: str, partitions: Iterable[tuple[str, int]]) -> None:
+        self.assignments[consumer] = sorted(f"{t}[{p}]" for t, p in partitions)
+
+    @property
+    def assigned(self) -> bool:
+        return all(c in self.assignments for c in self.consumers)
+
+    @property
+    def partitions(self) -> list[str]:
+        return sorted(p for held in self.assignments.values() for p in held)
 
     def missing(self) -> list[str]:
         return [what for what, ok in (("models and state", self.models_loaded), ("partition assignment",

@@ -10,17 +10,18 @@ first assignment and its restores (web.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import faust
 
 from models import model_store
 from processors.base import Checkpointed, PartitionedState, Processor, Served, WholePartitions, validate
-from streams.contracts.settings import Settings
-from streams.runtime.agent import attach, faust_sender
+from streams.contracts.settings import ConfigError, Settings
+from streams.runtime.agent import attach, attach_ticker, faust_sender
+from streams.runtime.batch_source import BatchSource, batch_group_id
 from streams.runtime.faust_app import create_app
 from streams.runtime.handover import Handover
 from streams.runtime.kafka_io import describe_topics, ensure_topics, wait_for_broker
@@ -183,21 +184,30 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
     processors = [BUILDERS[name](settings, progress) for name in names]
     for processor in processors:
         progress(f"{processor.name}: capabilities {', '.join(validate(processor)) or '-'}")
+    batched = batch_consumers(settings, processors)
     app = create_app(settings, bootstrap)
     partition_counts = describe_topics(settings, bootstrap)
     send = faust_sender(app, partition_counts)
-    readiness = Readiness()
-    runners = []
+    readiness = Readiness(consumers=(*(("faust",) if len(batched) < len(processors) else ()),
+                                     *(p.name for p in processors if p.name in batched)))
+    runners, sources = [], []
     for processor in processors:
         store = None
+        group = batch_group_id(settings.app_id, processor.name) if processor.name in batched else settings.app_id
         if isinstance(processor, Checkpointed):
             store = StateStore(topic=processor.state_topic, kind=processor.state_store, processor=processor.name,
                                app_id=settings.app_id, state_dir=settings.state_dir)
             if not isinstance(processor, PartitionedState):  # that one is restored per assignment (handover)
-                restore_from_kafka(processor, store, settings, bootstrap, progress)
+                restore_from_kafka(processor, store, settings, bootstrap, progress, group_id=group)
         runner = ProcessorRunner(processor, send, max_message_bytes=settings.max_message_bytes, state=store)
         runners.append(runner)
-        attach(app, runner)
+        if processor.name in batched:
+            sources.append(BatchSource(runner, settings, bootstrap, on_assigned=lambda tps, name=processor.name:
+                                       on_assignment(name, tps)))
+            attach_ticker(app, runner)
+            progress(f"{processor.name}: batch consumer (aiokafka getmany), group {group}")
+        else:
+            attach(app, runner)
         if isinstance(processor, Served):
             register_routes(app, processor.routes())
     register_worker_pages(app, settings.app_id, readiness, runners, settings.health_stall_s)
@@ -208,9 +218,27 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
     async def follow_model_updates() -> None:
         await follower.run()
 
+    for source in sources:
+        app.task(source.run)
+
+    @app.on_before_shutdown.connect
+    async def stop_batch_sources(sender: faust.App, **_: object) -> None:  # type: ignore[type-arg]
+        """After Faust's consumer stopped, before its producer flushes and stops: batches in flight are
+        delivered (the producer still runs) and their offsets committed."""
+        await asyncio.gather(*(source.stop() for source in sources))
+
     readiness.models_loaded = True
     handover = Handover(runners, lambda runner, partitions: restore_from_kafka(
         runner.processor, runner.state, settings, bootstrap, progress, partitions))
+
+    def on_assignment(consumer: str, partitions: set[tuple[str, int]]) -> None:
+        readiness.assign(consumer, partitions)
+        if readiness.assigned:
+            progress(f"worker ready: {len(readiness.partitions)} partitions assigned: "
+                     f"{' '.join(readiness.partitions) or '-'}")
+        fed = [p for p in processors if (p.name == consumer if consumer in batched else p.name not in batched)]
+        for warning in partial_state_warnings(fed, partitions, partition_counts):
+            progress(f"warning: {warning}")
 
     @app.on_partitions_revoked.connect
     async def hand_over(sender: faust.App, revoked: set, **_: object) -> None:  # type: ignore[type-arg]
@@ -218,24 +246,36 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
 
     @app.on_partitions_assigned.connect
     async def announce(sender: faust.App, assigned: set, **_: object) -> None:  # type: ignore[type-arg]
-        await handover.assigned({(tp.topic, tp.partition) for tp in assigned})
-        readiness.partitions = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
-        readiness.assigned = True
-        progress(f"worker ready: {len(readiness.partitions)} partitions assigned: "
-                 f"{' '.join(readiness.partitions) or '-'}")
-        for warning in partial_state_warnings(processors, assigned, partition_counts):
-            progress(f"warning: {warning}")
+        partitions = {(tp.topic, tp.partition) for tp in assigned}
+        await handover.assigned(partitions)
+        on_assignment("faust", partitions)
 
     return app
 
 
+def batch_consumers(settings: Settings, processors: Sequence[Processor]) -> set[str]:
+    """The processors of this worker that STREAMSENSE_BATCH_CONSUMER puts on the batch path (names it lists
+    that this worker does not run are ignored: one setting serves every worker of a deployment)."""
+    wanted = {n.strip() for n in settings.batch_consumer.split(",") if n.strip()}
+    unknown = wanted - set(BUILDERS)
+    if unknown:
+        raise ConfigError(f"STREAMSENSE_BATCH_CONSUMER names unknown processors {sorted(unknown)}; "
+                          f"available: {', '.join(BUILDERS)}")
+    chosen = {p.name for p in processors if p.name in wanted}
+    partitioned = [p.name for p in processors if p.name in chosen and isinstance(p, PartitionedState)]
+    if partitioned:
+        raise ConfigError(f"STREAMSENSE_BATCH_CONSUMER: {', '.join(partitioned)} keeps state per partition, "
+                          "handed over on rebalance by the Faust path; remove it from the list")
+    return chosen
+
+
 def partial_state_warnings(
-    processors: Sequence[Processor], assigned: set[Any], partition_counts: dict[str, int]
+    processors: Sequence[Processor], assigned: set[tuple[str, int]], partition_counts: dict[str, int]
 ) -> list[str]:
     """Processors whose state must see every partition of some topics (``WholePartitions``) say so when a
     rebalance gave this worker only part of them: a second worker in the same group splits their model."""
     out = []
-    held = {(tp.topic, tp.partition) for tp in assigned}
+    held = set(assigned)
     for p in processors:
         if not isinstance(p, WholePartitions):
             continue

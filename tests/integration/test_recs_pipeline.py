@@ -178,8 +178,10 @@ def test_replicas_each_hold_the_whole_model_and_one_survives_the_other(tmp_path:
     (its own group), each a complete model that serves /recommend and answers recs.requests. One SIGKILLed: the
     other keeps absorbing clicks and serving; the killed one restarts from its checkpoint, replays, and reaches
     the same applied count. Own broker: the applied counts must not see other tests' clicks."""
+    from streams.runtime.batch_source import batch_group_id
     from streams.runtime.embedded import EmbeddedBroker
     from streams.runtime.kafka_io import ensure_topics
+    from streams.runtime.recovery import kafka_committed_offsets
 
     p = f"rep{uuid.uuid4().hex[:6]}"
     env = {"STREAMSENSE_STATE_DIR": str(tmp_path / "state"), "STREAMSENSE_RECS_CHECKPOINT_EVENTS": "50",
@@ -220,6 +222,10 @@ def test_replicas_each_hold_the_whole_model_and_one_survives_the_other(tmp_path:
                 assert not again & {item for user, item in first + second if user == f"{p}-b3"}
             finally:
                 assert restarted.stop() == 0, restarted.log()[-3000:]
+            # a clean stop commits what was delivered (the batch path's own group: streams/runtime/batch_source.py)
+            committed = kafka_committed_offsets(Settings(bootstrap=broker), broker, [topics.CLICKS],
+                                                batch_group_id(f"{p}-a", "recs"))
+            assert sum(committed.values()) == total, committed  # own broker: clicks began empty
         finally:
             for replica in (a, b):
                 if replica.proc is not None and replica.proc.poll() is None:

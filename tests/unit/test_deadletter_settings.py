@@ -6,6 +6,7 @@ import pytest
 from streams.contracts.deadletter import dead_letter, original_bytes
 from streams.contracts.records import RawRecord
 from streams.contracts.settings import ConfigError, KafkaSecurity, Settings
+from streams.runtime.batch_source import aiokafka_kwargs
 from streams.runtime.faust_app import faust_credentials
 
 
@@ -62,5 +63,8 @@ def test_sasl_settings_pass_through_to_both_clients():
                                          "sasl_plain_username": "u", "sasl_plain_password": "s3cret"}
     creds = faust_credentials(sec)
     assert (creds.username, creds.password, creds.mechanism.value) == ("u", "s3cret", "SCRAM-SHA-512")
+    batch = aiokafka_kwargs(Settings(security=sec), "b:9092")  # the batch consumer's aiokafka client
+    assert {k: batch[k] for k in ("security_protocol", "sasl_mechanism", "sasl_plain_username",
+                                  "sasl_plain_password")} == {**sec.kafka_python_kwargs()}
     assert "s3cret" not in repr(sec)
     assert faust_credentials(KafkaSecurity()) is None

@@ -87,17 +87,22 @@ def test_servers_bind_the_loopback_address_by_default() -> None:
     assert hosts and set(hosts) == {"127.0.0.1"}
 
 
-KAFKA_CLIENTS = ("KafkaConsumer", "KafkaProducer", "KafkaAdminClient")
+# client class → the function whose result must be spread into it (it carries the SASL/TLS settings)
+KAFKA_CLIENTS = {"KafkaConsumer": "client_kwargs", "KafkaProducer": "client_kwargs",
+                 "KafkaAdminClient": "client_kwargs", "AIOKafkaConsumer": "aiokafka_kwargs",
+                 "AIOKafkaProducer": "aiokafka_kwargs"}
 
 
 def clients_without_security(source: str) -> list[str]:
-    """kafka-python clients built without ``**client_kwargs(...)``, which carries the SASL/TLS settings."""
+    """kafka-python clients built without ``**client_kwargs(...)``, aiokafka ones without
+    ``**aiokafka_kwargs(...)``."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in KAFKA_CLIENTS):
             continue
         spread = [kw.value for kw in node.keywords if kw.arg is None]
-        if not any(isinstance(v, ast.Call) and getattr(v.func, "id", None) == "client_kwargs" for v in spread):
+        wanted = KAFKA_CLIENTS[node.func.id]
+        if not any(isinstance(v, ast.Call) and getattr(v.func, "id", None) == wanted for v in spread):
             found.append(f"line {node.lineno}: {node.func.id}")
     return found
 
@@ -109,3 +114,5 @@ def test_every_kafka_client_gets_the_security_settings() -> None:
     assert {path: hits for path, hits in found.items() if hits} == {}
     assert clients_without_security("KafkaConsumer('t', bootstrap_servers=b)\n") == ["line 1: KafkaConsumer"]
     assert clients_without_security("KafkaProducer(**client_kwargs(s, b), acks='all')\n") == []
+    assert clients_without_security("AIOKafkaConsumer(**client_kwargs(s, b))\n") == ["line 1: AIOKafkaConsumer"]
+    assert clients_without_security("AIOKafkaConsumer(**aiokafka_kwargs(s, b), group_id=g)\n") == []
