@@ -5,13 +5,16 @@ baseline measured in the same run.
    kafka-python and fed to the recs processor (``RecsProcessor.process``, the code the Faust agent runs) in
    micro-batches; events/s from the first poll to the last applied event. Baseline: the same records
    consumed the same way and applied one event per ``update`` (what a per-message consumer loop does).
-   Then the production path: a real ``streamsense run --processors recs`` worker (Faust) consumes the same
-   number of clicks from the ``clicks`` topic; events/s from its /metrics consumed counter.
+   Then the production path: a real ``streamsense run --processors recs`` worker consumes the same number of
+   clicks from the ``clicks`` topic; events/s from its /metrics consumed counter. ``--worker-runs N`` runs it N
+   times on each path, alternating: the batch path (aiokafka getmany, the default) and, as its baseline, the
+   Faust agent (``STREAMSENSE_BATCH_CONSUMER=""``); medians and their ratio.
 2. upsert: rows/s of ``ItemIndex.upsert`` in chunks vs rebuilding the whole index for each chunk.
 3. recommend: p50/p99 of ``model.recommend(user, 10)`` with the index in sync, at 10k and 100k items, vs the
    brute-force baseline (numpy: score every item, mask seen, argpartition) on the same vectors.
 
-    .venv/bin/python bench/recs.py [--events 20000] [--items 10000,100000] [--queries 500]
+    .venv/bin/python bench/recs.py [--events 20000] [--items 10000,100000] [--queries 500] [--worker-runs 3]
+    .venv/bin/python bench/recs.py --worker-only --worker-runs 3   # the worker paths alone
 
 The content tower is off by default (``--content`` turns it on): it costs ~10 s of wordllama encoding per
 100k items at start and does not change the per-request work. The last line prints a ratio.
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +40,7 @@ from kafka import KafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import cpu_model
 from models.recs import ItemIndex, OnlineRecommender, RecsConfig
 from models.recs.events import ClickEvent
 from processors.recs import RecsProcessor
@@ -149,8 +154,9 @@ def consumed_clicks(port: int) -> float | None:
     return float(m.group(1)) if m else 0.0
 
 
-def bench_worker_absorb(args: argparse.Namespace, bootstrap: str) -> dict:
-    """Clicks/s through a real worker process: Faust consumer, the agent's pipeline, the recs processor."""
+def bench_worker_absorb(args: argparse.Namespace, bootstrap: str, batch: bool = True) -> dict:
+    """Clicks/s through a real worker process: its consumer (the batch path, or with ``batch`` False a Faust
+    agent), the runner's pipeline, the recs processor."""
     settings = Settings(bootstrap=bootstrap)
     ensure_topics(settings, bootstrap)
     events = zipf_clicks(args.events, args.users, 10_000, 4, "w")
@@ -160,7 +166,8 @@ def bench_worker_absorb(args: argparse.Namespace, bootstrap: str) -> dict:
     with tempfile.TemporaryDirectory() as state:
         worker = WorkerProcess(bootstrap, Path(state), processors="recs", app_id=f"bench-{uuid.uuid4().hex[:6]}",
                                env={"STREAMSENSE_STATE_DIR": state,
-                                    "STREAMSENSE_RECS_CONTENT": "1" if args.content else "0"}).start()
+                                    "STREAMSENSE_RECS_CONTENT": "1" if args.content else "0",
+                                    "STREAMSENSE_BATCH_CONSUMER": "recs" if batch else ""}).start()
         try:
             first: tuple[float, float] | None = None
             done = None
@@ -247,21 +254,36 @@ def main() -> None:
     p.add_argument("--upsert-rounds", type=int, default=20)
     p.add_argument("--content", action="store_true", help="with the wordllama content tower")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--worker-runs", type=int, default=1, help="worker absorb runs on each path (medians)")
+    p.add_argument("--worker-only", action="store_true", help="only the worker absorb runs")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.items.split(",") if s]
-    print(f"# {platform.processor() or platform.machine()}, torch threads {args.threads}, "
+    print(f"# {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads}, "
           f"content {'on' if args.content else 'off'}", flush=True)
 
     with EmbeddedBroker(tansu_bin=Settings.from_env().tansu_bin) as broker:
-        a = bench_absorb(args, broker.bootstrap, sizes[0])
-        print(f"absorb: {a['events']} clicks through the broker, micro-batch {args.batch_size}: "
-              f"{a['stream_eps']:,.0f} events/s (target >= 10,000); baseline one update per event "
-              f"({a['baseline_events']} clicks): {a['baseline_eps']:,.0f} events/s "
-              f"-> {a['stream_eps'] / a['baseline_eps']:.1f}x", flush=True)
-        w = bench_worker_absorb(args, broker.bootstrap)
-        print(f"absorb by a `streamsense run --processors recs` worker (Faust): {w['events']} clicks at "
-              f"{w['eps']:,.0f} events/s", flush=True)
+        if not args.worker_only:
+            a = bench_absorb(args, broker.bootstrap, sizes[0])
+            print(f"absorb: {a['events']} clicks through the broker, micro-batch {args.batch_size}: "
+                  f"{a['stream_eps']:,.0f} events/s (target >= 10,000); baseline one update per event "
+                  f"({a['baseline_events']} clicks): {a['baseline_eps']:,.0f} events/s "
+                  f"-> {a['stream_eps'] / a['baseline_eps']:.1f}x", flush=True)
+        runs: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(args.worker_runs):
+            for batch in (True, False):
+                runs[batch].append(bench_worker_absorb(args, broker.bootstrap, batch)["eps"])
+                path = "batch path" if batch else "Faust agent"
+                print(f"absorb by a `streamsense run --processors recs` worker ({path}): {args.events} clicks at "
+                      f"{runs[batch][-1]:,.0f} events/s", flush=True)
+        worker_ratio = statistics.median(runs[True]) / statistics.median(runs[False])
+        print(f"worker absorb, median of {args.worker_runs}: batch path {statistics.median(runs[True]):,.0f} "
+              f"events/s, Faust agent {statistics.median(runs[False]):,.0f} events/s -> {worker_ratio:.2f}x",
+              flush=True)
+    if args.worker_only:
+        print(f"ratio: worker absorb {worker_ratio:.2f}x the Faust agent "
+              f"({statistics.median(runs[True]):,.0f} vs {statistics.median(runs[False]):,.0f} clicks/s)")
+        return
     for n in sizes:
         u = bench_upsert(n, RecsConfig().dim + 1, args.upsert_chunk, args.upsert_rounds)
         print(f"upsert @ {n:,} items: {u['upsert_rows_s']:,.0f} rows/s in chunks of {u['chunk']}; baseline "
