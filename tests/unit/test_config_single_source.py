@@ -21,6 +21,7 @@ ENV_NAME = re.compile(r"(?:STREAMSENSE|KAFKA)_[A-Z0-9_]+")
 # Files that pass the environment on (a child process inherits it) or write to it; they must not read it.
 PASS_THROUGH: dict[str, str] = {
     "streams/runtime/embedded.py": "the Tansu broker child process inherits our environment (RUST_LOG)",
+    "streams/runtime/object_store.py": "the SeaweedFS child process inherits our environment, less AWS_*/S3_*",
     "streams/runtime/launcher.py": "a worker child process inherits our environment, plus its own app id",
 }
 # Files that still read the environment, each until a named change lands. Do not add to this list.
