@@ -27,12 +27,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from streams.contracts.records import RawRecord
 from streams.contracts.settings import Settings
 from streams.contracts.state import TP
-from streams.runtime.runner import ProcessorRunner
+from streams.runtime.runner import ProcessorRunner, exit_for_restart
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,14 @@ class BatchSource:
     most ``batch_ms`` for a batch to fill. ``on_assigned`` gets each assignment (readiness, /ready)."""
 
     def __init__(self, runner: ProcessorRunner, settings: Settings, bootstrap: str, *,
-                 on_assigned: Callable[[set[TP]], None] = lambda _tps: None, commit_interval_s: float = 1.0) -> None:
+                 on_assigned: Callable[[set[TP]], None] = lambda _tps: None, commit_interval_s: float = 1.0,
+                 on_fatal: Callable[[], Any] = exit_for_restart) -> None:
         self.runner = runner
         processor = runner.processor
         self.topics = tuple(processor.source_topics)
         self.batch_size, self.batch_ms = processor.batch_size, processor.batch_ms
         self.group_id = batch_group_id(settings.app_id, processor.name)
-        self.on_assigned = on_assigned
+        self.on_assigned, self.on_fatal = on_assigned, on_fatal
         self.commit_interval_s = commit_interval_s
         self.settings, self.bootstrap = settings, bootstrap
         self.consumer: AIOKafkaConsumer | None = None  # made in run(): aiokafka binds to the running loop
@@ -91,7 +93,21 @@ class BatchSource:
         )
 
     async def run(self) -> None:
-        """Consume until `stop`; commits what was delivered on the way out."""
+        """Consume until `stop`; commits what was delivered on the way out. An error it cannot ride out (a
+        commit that fails is retried; aiokafka reconnects on its own) fail-stops the worker, as a failed
+        delivery does, rather than leave it up and consuming nothing."""
+        try:
+            await self._consume()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.critical("%s: the batch consumer failed; exiting so that a restart resumes from the committed "
+                         "offsets", self.runner.processor.name, exc_info=True)
+            self.on_fatal()
+        finally:
+            self._done.set()
+
+    async def _consume(self) -> None:
         self.consumer = consumer = self._new_consumer()
         consumer.subscribe(list(self.topics), listener=_Listener(self))
         await consumer.start()
@@ -109,7 +125,6 @@ class BatchSource:
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
-            self._done.set()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Stop reading, wait for the batches in flight to be delivered, commit them (bounded in time)."""
@@ -129,14 +144,21 @@ class BatchSource:
         await self.runner.submit(records, ack)
 
     async def commit(self) -> None:
-        """Commit the delivered offsets of the partitions this member holds (others moved on with a rebalance)."""
+        """Commit the delivered offsets of the partitions this member holds (others moved on with a rebalance).
+        A failure (broker away, group rebalancing) is logged and the same offsets go with the next commit: until
+        then a crash would only reprocess them (at-least-once)."""
         if self.consumer is None:
             return
         held = self.consumer.assignment()
         due = {tp: end for tp, end in self._acked.items() if tp in held and self._committed.get(tp) != end}
         if not due:
             return
-        await self.consumer.commit({tp: OffsetAndMetadata(end, "") for tp, end in due.items()})
+        try:
+            await self.consumer.commit({tp: OffsetAndMetadata(end, "") for tp, end in due.items()})
+        except KafkaError as exc:
+            log.warning("%s: committing offsets failed (%s: %s); retrying with the next commit",
+                        self.runner.processor.name, type(exc).__name__, exc)
+            return
         self._committed.update(due)
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:

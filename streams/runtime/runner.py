@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 EXIT_DELIVERY_FAILED = 75  # EX_TEMPFAIL: restart me
 
 
-def _exit_for_restart() -> NoReturn:
+def exit_for_restart() -> NoReturn:
     """Fail-stop: leave the unacked batches uncommitted, so the restarted worker reprocesses them."""
     os._exit(EXIT_DELIVERY_FAILED)
 
@@ -64,7 +64,7 @@ class OrderedPipeline:
     def __init__(self, pool: ThreadPoolExecutor, deliver: Callable[[list[OutRecord]], Awaitable[list[OutRecord]]],
                  depth: int = 0, on_broken: Callable[[], None] | None = None) -> None:
         self._pool = pool
-        self._on_broken = on_broken or _exit_for_restart
+        self._on_broken = on_broken or exit_for_restart
         self._deliver = deliver
         self._wait = depth == 0
         self._slots = asyncio.Semaphore(max(depth, 1))
@@ -284,4 +284,4 @@ class ProcessorRunner:
     def _fail_stop(self, exc: DeliveryFailed) -> NoReturn:
         log.critical("could not deliver outputs of %s (%s); exiting without committing so the batch is "
                      "reprocessed after restart", self.processor.name, exc, exc_info=exc)
-        _exit_for_restart()
+        exit_for_restart()

@@ -1,0 +1,119 @@
+"""The batch path's delivery contract through the broker, in process: offsets are committed only after their
+batch's outputs are acknowledged, a failed delivery commits nothing past it, and a new member of the group
+resumes exactly after the commits. (The recs worker runs on this path in test_recs_pipeline.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from streams.contracts.records import OutRecord, RawRecord
+from streams.contracts.settings import Settings
+from streams.contracts.topics import TopicSpec
+from streams.runtime.batch_source import BatchSource
+from streams.runtime.delivery import DeliveryFailed
+from streams.runtime.kafka_io import ensure_topics
+from streams.runtime.recovery import kafka_committed_offsets
+from streams.runtime.runner import ProcessorRunner
+from tests.integration.harness import produce
+
+pytestmark = pytest.mark.integration
+
+N = 300
+
+
+class Echo:
+    """Each input out again (to a topic the fake sender keeps)."""
+
+    name = "echo"
+    batch_size, batch_ms, read_ahead = 40, 20, 1
+
+    def __init__(self, topic: str) -> None:
+        self.source_topics = (topic,)
+
+    def process(self, records: Sequence[RawRecord]) -> list[OutRecord]:
+        return [OutRecord("echo.out", r.key, r.value, source=r) for r in records]
+
+
+class Sender:
+    """``send`` for the runner: acknowledges at once, or after ``fail_after`` outputs fails as a broker
+    that went away does (a transient error: the runner must fail-stop)."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.sent: list[OutRecord] = []
+        self.fail_after = fail_after
+
+    async def __call__(self, out: OutRecord) -> Any:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            ack.set_exception(ConnectionError("broker went away"))
+        else:
+            self.sent.append(out)
+            ack.set_result(None)
+        return ack
+
+
+def run_source(broker: str, app_id: str, topic: str, sender: Sender, until: Any, timeout_s: float = 60) -> list[str]:
+    """Run a BatchSource over ``topic`` until ``until()`` or a fail-stop; returns what the runtime reported."""
+    events: list[str] = []
+
+    async def main() -> None:
+        def fatal(exc: DeliveryFailed) -> None:
+            events.append(f"fail-stop: {exc}")
+            raise RuntimeError("fail-stop")  # stands in for the process exit: nothing later is delivered
+
+        runner = ProcessorRunner(Echo(topic), sender, max_message_bytes=1_000_000, on_fatal=fatal,  # type: ignore[arg-type]
+                                 on_broken=lambda: events.append("broken"))
+        settings = Settings(bootstrap=broker, app_id=app_id)
+        source = BatchSource(runner, settings, broker, commit_interval_s=0.2,
+                             on_fatal=lambda: events.append("source failed"))
+        task = asyncio.create_task(source.run())
+        deadline = time.monotonic() + timeout_s
+        while not until() and "broken" not in events and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await source.stop()
+        await task
+
+    asyncio.run(main())
+    return events
+
+
+def committed(broker: str, group: str, topic: str) -> int:
+    return sum(kafka_committed_offsets(Settings(bootstrap=broker), broker, [topic], group).values())
+
+
+def test_offsets_follow_delivery_and_a_new_member_resumes_after_them(broker: str) -> None:
+    topic, app = f"batch.{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    ensure_topics(Settings(bootstrap=broker), broker, [TopicSpec(topic, "batch path test", partitions=3)])
+    produce(broker, [OutRecord(topic, f"k{i}".encode(), f"v{i}".encode()) for i in range(N)])
+
+    first = Sender()
+    assert run_source(broker, app, topic, first, until=lambda: len(first.sent) >= N) == []
+    assert sorted(o.value for o in first.sent) == sorted(f"v{i}".encode() for i in range(N))
+    assert committed(broker, f"{app}.echo", topic) == N  # the clean stop committed every delivered batch
+
+    produce(broker, [OutRecord(topic, f"k{i}".encode(), f"w{i}".encode()) for i in range(50)])
+    second = Sender()
+    run_source(broker, app, topic, second, until=lambda: len(second.sent) >= 50)
+    assert sorted(o.value for o in second.sent) == sorted(f"w{i}".encode() for i in range(50))  # nothing again
+
+
+def test_a_failed_delivery_commits_nothing_past_what_was_delivered(broker: str) -> None:
+    topic, app = f"batch.{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    ensure_topics(Settings(bootstrap=broker), broker, [TopicSpec(topic, "batch path test", partitions=1)])
+    produce(broker, [OutRecord(topic, b"k", f"v{i}".encode()) for i in range(N)])
+
+    failing = Sender(fail_after=100)
+    events = run_source(broker, app, topic, failing, until=lambda: False, timeout_s=60)
+    assert any(e.startswith("fail-stop") for e in events), events
+    assert committed(broker, f"{app}.echo", topic) <= 100  # one partition: offsets = records delivered
+
+    again = Sender()  # the restarted worker: everything not committed comes again, nothing is lost
+    run_source(broker, app, topic, again, until=lambda: len(again.sent) >= N - 100)
+    delivered = {o.value for o in failing.sent} | {o.value for o in again.sent}
+    assert delivered == {f"v{i}".encode() for i in range(N)}
