@@ -26,7 +26,7 @@ class Streams(Named):
 
 def test_the_setting_picks_hosted_processors_and_ignores_the_others() -> None:
     hosted = [Named("text"), Named("recs")]
-    assert batch_consumers(Settings(), hosted) == {"recs"}  # the default
+    assert batch_consumers(Settings(), hosted) == {"recs"}  # the default: recs and monitor (not hosted here)
     assert batch_consumers(Settings(batch_consumer="recs, monitor"), hosted) == {"recs"}  # monitor: not here
     assert batch_consumers(Settings(batch_consumer=""), hosted) == set()
     assert batch_consumers(Settings(batch_consumer="text,recs"), hosted) == {"text", "recs"}
