@@ -111,7 +111,7 @@ class StreamState:
     next_index: int = 0
     base_s: float = 0.0
     ended: bool = False
-    last_seen_ms: int = 0
+    last_seen_ms: int = 0  # on the processor's idle clock (`AsrProcessor.idle_now`), not the wall clock
     idle_flushed: bool = False  # flushed once for the current silence; reset by the next chunk
     partition: int | None = None  # input partition, so this stream's outputs keep their order
     offset: int = -1  # offset of the last chunk applied (the checkpoint's input offset)
@@ -198,14 +198,28 @@ class AsrProcessor:
                         context_s, self.context_s, max_state_bytes)
         self.streams: dict[str, StreamState] = {}
         self._dirty: dict[str, StreamState] = {}  # streams changed since the last checkpoints() call
+        self._busy_ms = 0  # wall time spent in process() and tick(): see `idle_now`
 
     # --- public API --------------------------------------------------------------------------------------
 
+    def idle_now(self, now_ms: int) -> int:
+        """The clock the idle timeout runs on: wall time less the time spent decoding. A stream is idle when its
+        source sent nothing for ``idle_timeout_s``, not when this worker was busy that long: a slow batch (two busy
+        cores) would otherwise close the open segments of every stream whose next chunks wait behind it on the
+        topic, cutting sentences that an unhurried run keeps whole."""
+        return now_ms - self._busy_ms
+
     def process(self, records: Sequence[RawRecord]) -> list[OutRecord]:
+        started = self.clock()
+        try:
+            return self._process(records, self.idle_now(started))
+        finally:
+            self._busy_ms += max(0, self.clock() - started)
+
+    def _process(self, records: Sequence[RawRecord], now: int) -> list[OutRecord]:
         outputs: list[OutRecord] = []
         pending: list[_Pending] = []
         touched: dict[str, StreamState] = {}
-        now = self.clock()
         for record in records:
             try:
                 meta = parse_meta(record)
@@ -231,11 +245,18 @@ class AsrProcessor:
 
     def tick(self, now_ms: int) -> list[OutRecord]:
         """Idle timeout: a stream silent for ``idle_timeout_s`` gives up on its holes and closes its segment."""
+        started = self.clock()
+        try:
+            return self._flush_idle(self.idle_now(now_ms))
+        finally:
+            self._busy_ms += max(0, self.clock() - started)
+
+    def _flush_idle(self, now: int) -> list[OutRecord]:
         outputs: list[OutRecord] = []
         pending: list[_Pending] = []
         flushed = []
         for state in self.streams.values():
-            if state.ended or state.idle_flushed or now_ms - state.last_seen_ms < self.idle_timeout_ms:
+            if state.ended or state.idle_flushed or now - state.last_seen_ms < self.idle_timeout_ms:
                 continue
             self._feed(state, state.buffer.flush(), (state.buffer.next_seq or 1) - 1, pending, outputs)
             if state.replay is not None:
@@ -305,7 +326,9 @@ class AsrProcessor:
                 log.info("asr stream %s: re-reading its audio into a fresh VAD: %s", cp.stream_id, exc)
         state = StreamState(cp.stream_id, buffer, vad or SpeechDetector(self.vad_config), next_index=cp.next_index,
                             base_s=cp.base_s if vad else cp.tail_start_s, ended=cp.ended,
-                            last_seen_ms=cp.last_seen_ms, word_timestamps=cp.word_timestamps,
+                            # a fresh idle period: the checkpoint's time is the previous owner's idle clock, and
+                            # a restart or hand-over that took a while is no silence of the source
+                            last_seen_ms=self.idle_now(self.clock()), word_timestamps=cp.word_timestamps,
                             context=Context(cp.context_text, cp.context_audio) if cp.context_text else None,
                             context_end_s=cp.context_end_s)
         if vad is None and cp.tail.size and not cp.ended:

@@ -17,7 +17,8 @@ from streams.contracts.state import MARKER_PREFIX, decode_state_record
 from streams.runtime.kafka_io import make_producer, read_topic, send_all
 from streams.runtime.launcher import REPO, WorkerProcess
 
-__all__ = ["REPO", "WorkerProcess", "checkpoint_key", "collect", "produce", "text_records", "wait_json"]
+__all__ = ["REPO", "WorkerProcess", "checkpoint_key", "collect", "produce", "restarted", "text_records",
+           "wait_json"]
 
 
 def checkpoint_key(record: RawRecord) -> str:
@@ -34,6 +35,14 @@ def produce(bootstrap: str, records: Iterable[OutRecord]) -> int:
         return send_all(producer, records)
     finally:
         producer.close()
+
+
+def restarted(worker: WorkerProcess) -> WorkerProcess:
+    """A fresh, unstarted process of the same app id (so the same consumer group and state), processors,
+    settings and log directory, as a supervisor restarts a crashed worker; it gets a new web port (the dead
+    one's may still be closing) and a new log file (the dead one's log stays for the failure message)."""
+    return WorkerProcess(worker.bootstrap, worker.log_path.parent, processors=worker.processors,
+                         app_id=worker.app_id, env=worker.env, args=worker.args, relay=worker.relay)
 
 
 def text_records(texts: Iterable[str], prefix: str) -> list[OutRecord]:

@@ -555,3 +555,46 @@ def test_a_checkpoint_with_pending_chunks_and_a_context_round_trips_and_older_re
     cp.context_text, cp.context_audio = "", np.zeros(0, np.float32)
     old = decode_checkpoint(encode_checkpoint(cp))
     assert old.context_text == "" and old.context_audio.size == 0 and old.pending.keys() == {5, 7}
+
+
+class SlowEngine(LengthEngine):
+    """Whisper on two busy cores: each call takes 11 s of the shared fake clock."""
+
+    def __init__(self, now: list[int]) -> None:
+        self.now = now
+
+    def transcribe(self, segments, word_timestamps=None, contexts=None) -> list[Transcription]:
+        self.now[0] += 11_000
+        return super().transcribe(segments, word_timestamps, contexts)
+
+
+def open_speech(sid: str) -> OutRecord:
+    """2 s of loud noise, no pause after it and no end of stream: a segment the energy VAD keeps open."""
+    return OutRecord(topics.AUDIO_CHUNKS, sid.encode(), bursts((2, 0.0)), chunk_headers(sid, 0, 16000, 1))
+
+
+def test_a_slow_batch_is_no_silence_of_the_streams_waiting_behind_it() -> None:
+    """Found by the chaos test: stream a's next chunk waits on the topic behind a batch that took 11 s; the
+    idle timeout (10 s) must not close a's open segment meanwhile (it cut sentences in two)."""
+    now = [1_000]
+    asr = AsrProcessor(SlowEngine(now), clock=lambda: now[0], vad=ENERGY)
+    assert finals(asr.process(raw([open_speech("a")]))) == []
+    b = pcm16_chunks(bursts((1, 1.0)), 16000, 1, "b", chunk_ms=2_000)[0]
+    [final_b] = finals(asr.process(raw([b], start_offset=1)))  # decoded in 11 s
+    assert final_b["stream_id"] == "b" and now[0] >= 12_000
+    assert asr.tick(now[0]) == []  # a: not idle, its source did not stop
+    now[0] += 10_500
+    assert [e["stream_id"] for e in finals(asr.tick(now[0]))] == ["a"]  # really silent for 10 s: closed
+
+
+def test_a_restored_stream_starts_a_fresh_idle_period() -> None:
+    """A restart or hand-over that took longer than the idle timeout is no silence of the source either."""
+    now = [1_000]
+    first = InProcessWorker(AsrProcessor(LengthEngine(), clock=lambda: now[0], vad=ENERGY), clock=lambda: now[0])
+    first.run(raw([open_speech("a")]))
+    now[0] += 60_000  # the worker died; its successor starts a minute later
+    second = InProcessWorker(AsrProcessor(LengthEngine(), clock=lambda: now[0], vad=ENERGY), clock=lambda: now[0])
+    restart(second.processor, [(marker_key("x"), b"t"), *first.state()], second.store)
+    assert finals(second.tick()) == []
+    now[0] += 10_000
+    assert [e["stream_id"] for e in finals(second.tick())] == ["a"]
