@@ -28,6 +28,7 @@ from streams.contracts.deadletter import dead_letter
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import now_ms
 from streams.runtime.delivery import Delivery, DeliveryFailed, Send
+from streams.runtime.heap import HeapTrimmer
 from streams.runtime.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class ProcessorRunner:
         self.pipeline = OrderedPipeline(self.pool, self.delivery.deliver, depth=processor.read_ahead,
                                         on_broken=on_broken)
         self.busy_since: float | None = None  # monotonic start of the work on the model thread, for /health
+        self.heap = HeapTrimmer()  # freed tensor memory back to the OS between batches (heap.py)
         self._published: dict[str, str] = {}
         self.publish_model_info()
         self.ticks_paused = False  # during a rebalance: a tick must not touch state that is changing hands
@@ -280,6 +282,7 @@ class ProcessorRunner:
             return outputs
         finally:
             self.busy_since = None
+            self.heap.maybe_trim()
 
     def _fail_stop(self, exc: DeliveryFailed) -> NoReturn:
         log.critical("could not deliver outputs of %s (%s); exiting without committing so the batch is "
