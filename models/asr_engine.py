@@ -2,10 +2,10 @@
 
 Why our own loop instead of ``whisper.transcribe``: that call handles one long file, slides a 30 s window
 and conditions on its own previous text. A streaming processor already has VAD-cut segments from several
-streams at once; one batched ``whisper.decode`` over their mel spectrograms pays the encoder's fixed
-30 s-window cost once per batch instead of once per segment, and deterministic settings (temperature 0; the
-only conditioning is on the stream's previous final, see "Context" below) make a replay after a crash produce
-the same text for the same audio.
+streams at once; one batched ``whisper.decode`` over their mel spectrograms shares the decoder's steps among
+segments, each segment is encoded in a window that fits it (see "Window" below), and deterministic settings
+(temperature 0; the only conditioning is on the stream's previous final, see "Context" below) make a replay
+after a crash produce the same text for the same audio.
 
 Word timestamps (optional, per segment) use whisper's own cross-attention alignment
 (``whisper.timing.find_alignment``, the code behind ``transcribe(word_timestamps=True)``): one extra decoder
@@ -26,6 +26,21 @@ sees (the window holds speech), so a result in context is checked instead: one t
 scores ``avg_logprob`` under ``context_logprob_threshold`` (noise after speech gave -1.7 and -2.6) is decoded
 again alone, under the ordinary gates. Deterministic: the context is the stream's previous final, which a
 replay restores from the checkpoint.
+
+Window: whisper pads every input to a 30 s window, so a 5 s segment cost the encoder 30 s of work (and each
+decoding step cross-attends 1500 audio frames). Like whisper.cpp's ``audio_ctx``, the engine pads a segment's
+mel only to its length plus 5 s of silence, rounded up to 5 s steps (:func:`encoder_window`; the encoder's
+positional embedding is sliced to match, :class:`_ShortWindowEncoder`), so the encoder's cost follows the
+speech. The silence after the speech matters: with 1 s of it tiny.en read 50 flite sentences (each alone)
+at WER 0.245 (it writes the sentence twice, or loops), 2 s 0.155, 3 s 0.078, 5 s 0.045, against 0.060 in
+the 30 s window. A segment's window depends on its own length only (segments of one window length share a
+decoder call), so batching does not change a replay. A short window raises ``no_speech_prob`` (a lone "Yes."
+0.58 -> gated, noise "Not one." 0.39 -> passed), and the gates were calibrated in the 30 s window, so a result
+over ``window_recheck_no_speech`` (0.1; clean speech scores ~0.01-0.04) is decoded again in the 30 s window
+and that result stands: bench/speech_quality.py's short replies, noise and 5 dB speech then read exactly as
+in the 30 s window. Even 5 s of silence after the speech did not always stop the doubled sentence (two of the
+energy VAD's 4.7 s segments of clean speech came out twice), so a result that repeats a run of 5 words is
+decoded again in the 30 s window too.
 
 Why beam search (3 beams) and not greedy: a VAD segment is one utterance alone in a 30 s window, without the
 neighbouring speech that ``whisper.transcribe`` of a whole file has in the same window, and greedy decoding
@@ -50,7 +65,7 @@ import torch
 import whisper
 from whisper.audio import HOP_LENGTH
 from whisper.decoding import DecodingTask
-from whisper.model import MultiHeadAttention, TextDecoder, Whisper
+from whisper.model import AudioEncoder, MultiHeadAttention, TextDecoder, Whisper
 from whisper.timing import find_alignment, merge_punctuations
 from whisper.tokenizer import get_tokenizer
 
@@ -95,6 +110,15 @@ class EngineConfig:
     context_logprob_threshold: float = -1.0
     batch_size: int = 8  # segments per decoder call; memory grows linearly with it
     beam_size: int | None = 3  # None or 1: greedy (cheaper, but derails on some segments; see the module doc)
+    # The encoder's window (module doc, "Window"): a segment's mel is padded to its length plus
+    # ``window_margin_s`` of silence, rounded up to whole ``window_step_s`` steps (at most 30 s), instead of
+    # always to 30 s; None: whisper's 30 s. Under 3 s of margin tiny.en often reads the audio twice or loops
+    # (a result that repeats itself is decoded again in the 30 s window).
+    window_step_s: float | None = 5.0
+    window_margin_s: float = 5.0
+    # A result from a short window whose no_speech_prob exceeds this is decoded again in the 30 s window,
+    # where the gates above were calibrated (a short window raises no_speech_prob).
+    window_recheck_no_speech: float = 0.1
     language: str | None = None  # None: English for ".en" models, detected per segment otherwise
 
 
@@ -149,6 +173,25 @@ class _GroupedCrossAttention(MultiHeadAttention):
         return out.reshape(n_q, t, -1), qk
 
 
+class _ShortWindowEncoder(AudioEncoder):
+    """whisper's ``AudioEncoder.forward`` (20250625) for a mel of any length up to 30 s: the positional
+    embedding is sliced to the frames there are, instead of asserting 1500.
+
+    Encoded features pass through unchanged: ``whisper.decoding.detect_language`` (multilingual models) takes
+    features for a mel unless they have 1500 frames, and sends them here again."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.conv1.in_channels and x.shape[-1] == self.positional_embedding.shape[1]:
+            return x  # (batch, frames, n_audio_state): already encoded
+        x = torch.nn.functional.gelu(self.conv1(x))
+        x = torch.nn.functional.gelu(self.conv2(x))
+        x = x.permute(0, 2, 1)
+        x = (x + self.positional_embedding[: x.shape[1]]).to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_post(x)
+
+
 def _vocab_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T`` (the decoder's tied output projection), in the operand order MKL runs fastest.
 
@@ -199,11 +242,30 @@ class _BatchedDecodingTask(DecodingTask):
         return super()._main_loop(audio_features[:: self.n_group], tokens)
 
 
+def _repeats_a_run(text: str, run: int = 5) -> bool:
+    """Whether some ``run`` consecutive words occur twice in ``text``: in a short window tiny.en sometimes
+    writes a sentence twice (module doc, "Window"), which the compression-ratio check lets through."""
+    said = re.findall(r"[a-z0-9']+", text.lower())
+    grams = [tuple(said[i : i + run]) for i in range(len(said) - run + 1)]
+    return len(set(grams)) < len(grams)
+
+
 def _rereads(text: str, context: str) -> bool:
     """Whether ``text`` only repeats words of ``context`` in order: the decoder read the context's audio again
     instead of going on after it."""
     said, before = (" ".join(re.findall(r"[a-z0-9']+", t.lower())) for t in (text, context))
     return bool(said) and f" {said} " in f" {before} "
+
+
+def encoder_window(samples: int, step_s: float | None, margin_s: float) -> int:
+    """Samples the encoder sees for segments of at most ``samples``: the length plus ``margin_s`` of silence,
+    rounded up to a whole number of ``step_s`` steps, at most whisper's 30 s; ``step_s`` None: 30 s."""
+    full = int(MAX_SEGMENT_S * SAMPLE_RATE)
+    if not step_s:
+        return full
+    step = int(step_s * SAMPLE_RATE)
+    need = samples + int(margin_s * SAMPLE_RATE)
+    return min(full, -(-need // step) * step)
 
 
 def rms_db(samples: np.ndarray) -> float:
@@ -220,6 +282,8 @@ class AsrEngine:
         # Faster decoding steps, same results (see the classes); swapping classes keeps the loaded weights.
         if type(model.decoder) is TextDecoder:
             model.decoder.__class__ = _FastLogitsDecoder
+        if type(model.encoder) is AudioEncoder:
+            model.encoder.__class__ = _ShortWindowEncoder
         for block in model.decoder.blocks:
             if block.cross_attn is not None and type(block.cross_attn) is MultiHeadAttention:
                 block.cross_attn.__class__ = _GroupedCrossAttention
@@ -282,18 +346,17 @@ class AsrEngine:
     def _decode(self, batch: list[np.ndarray], wants: list[bool], prefix: str = "") -> list[Transcription]:
         """``prefix``: decode as the continuation of this text (one segment, whose audio begins with it); a
         looping result is then reported as gated "repetition" for the caller to decode alone."""
-        n_mels = self.model.dims.n_mels
-        mel = torch.stack([
-            whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(np.ascontiguousarray(s))), n_mels)
-            for s in batch
-        ])
-        beams = self.cfg.beam_size if self.cfg.beam_size and self.cfg.beam_size > 1 else None
-        options = whisper.DecodingOptions(
-            task="transcribe", language=self.language, temperature=0.0, beam_size=beams, fp16=False,
-            without_timestamps=True, prefix=prefix or None,
-        )
-        with torch.inference_mode():
-            decoded = _BatchedDecodingTask(self.model, options).run(mel.to(self.model.device))
+        full = int(MAX_SEGMENT_S * SAMPLE_RATE)
+        windows = [encoder_window(s.size, self.cfg.window_step_s, self.cfg.window_margin_s) for s in batch]
+        decoded, mel = self._run(batch, windows, prefix)
+        # A short window raises no_speech_prob (module doc): a doubtful one is decoded again in whisper's 30 s
+        # window, so the gates below judge it as they were calibrated.
+        recheck = [i for i, r in enumerate(decoded) if windows[i] < full and (
+            r.no_speech_prob > self.cfg.window_recheck_no_speech or _repeats_a_run(r.text))]
+        if recheck:
+            again, again_mel = self._run([batch[i] for i in recheck], [full] * len(recheck), prefix)
+            for i, r, m in zip(recheck, again, again_mel, strict=True):
+                decoded[i], mel[i] = r, m
         out = []
         for r, seg, seg_mel, want in zip(decoded, batch, mel, wants, strict=True):
             silent = r.no_speech_prob > self.cfg.no_speech_hard or (
@@ -317,6 +380,29 @@ class AsrEngine:
                 words=words,
             ))
         return out
+
+    def _run(self, batch: list[np.ndarray], windows: list[int],
+             prefix: str) -> tuple[list[whisper.DecodingResult], list[torch.Tensor]]:
+        """Beam-search ``batch`` (temperature 0), each segment padded to its own window: segments of one window
+        length share a decoder call. A segment's window depends on its own length only, never on its batch,
+        so a replay gives the same tokens however the segments were batched."""
+        n_mels = self.model.dims.n_mels
+        mel = [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(np.ascontiguousarray(s)), w),
+                                           n_mels)[:, : w // HOP_LENGTH] for s, w in zip(batch, windows, strict=True)]
+        beams = self.cfg.beam_size if self.cfg.beam_size and self.cfg.beam_size > 1 else None
+        options = whisper.DecodingOptions(
+            task="transcribe", language=self.language, temperature=0.0, beam_size=beams, fp16=False,
+            without_timestamps=True, prefix=prefix or None,
+        )
+        decoded: list[whisper.DecodingResult | None] = [None] * len(batch)
+        for w in sorted(set(windows)):
+            idx = [i for i, x in enumerate(windows) if x == w]
+            with torch.inference_mode():
+                got = _BatchedDecodingTask(self.model, options).run(torch.stack([mel[i] for i in idx])
+                                                                    .to(self.model.device))
+            for i, r in zip(idx, got, strict=True):
+                decoded[i] = r
+        return decoded, mel  # type: ignore[return-value]
 
     def _fallback(self, samples: np.ndarray, mel: torch.Tensor) -> whisper.DecodingResult | None:
         """A segment whose text loops, decoded again by best-of-n sampling at rising temperatures (what
