@@ -175,6 +175,16 @@ def test_impressions_do_not_count_as_co_occurrence() -> None:
     assert m.covis[m._iidx["a2"]] == {m._iidx["a3"]: 1.0}
 
 
+def test_co_occurrence_rows_keep_their_strongest_items_within_the_cap() -> None:
+    """Bounded memory: without the cap the table grew with every new pair (up to items^2)."""
+    m = make_model(covis_row_cap=4, covis_window=10)
+    m.update(clicks("u", ["a0", "a1"]) + clicks("v", ["a0", "a1"], tag="v"))  # a0-a1 twice: the strongest pair
+    m.update(clicks("w", ["a0", "a2", "a3", "a4", "a5", "a6"], tag="w"))  # a0 meets 5 more items once each
+    a0 = m.covis[m._iidx["a0"]]
+    assert len(a0) <= 4 and a0[m._iidx["a1"]] == 2.0
+    assert all(len(row) <= 4 for row in m.covis.values())
+
+
 def _autograd_step(m: OnlineRecommender, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                    w: torch.Tensor) -> dict[str, torch.Tensor]:
     """Reference: the same loss and Adagrad step through autograd, on copies of the tables."""
