@@ -27,7 +27,8 @@ Measured (one consumer thread stamps every output when it arrives; latency = tha
 - dead letters on ``deadletter`` by processor with the first reason; lost = sent − (outputs + dead letters)
   for text and requests after the drain; ``drift.events`` of the monitor (reported only);
 - each worker's RSS (VmRSS of the process and its children) at the start of the window (after the warm-up), the
-  middle and the end; growth over +10% fails.
+  middle and the end; growth over +10% fails. With it, the recs model's state sizes (its ``/recs/stats``:
+  users, seen pairs, co-occurrence entries, dedupe ids), so growth that learned state explains is visible.
 
 Progress lines every ``--progress-s``; the last line is a one-line summary. Exit status 1 when anything was
 lost, RSS grew over 10% or a worker died.
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,6 +102,15 @@ class Ledger:
     dead: dict[str, dict] = field(default_factory=dict)  # dead letter id → event
     drift: dict[str, dict] = field(default_factory=dict)
     send_errors: list[str] = field(default_factory=list)
+
+
+def recs_stats(port: int) -> dict:
+    """The recs model's state sizes (its /recs/stats view), to tell memory that state explains from a leak."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/recs/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return {}
 
 
 def rss_kb(pid: int) -> int:
@@ -348,6 +359,7 @@ def main() -> int:
                 t.start()
 
             rss: dict[str, dict[str, int]] = {k: {} for k in workers}
+            recs_state: dict[str, dict] = {}  # the recs model's state sizes at each RSS mark (/recs/stats)
             cpu0: dict[str, float] = {}
             marks = [("start", measure_start), ("middle", measure_start + window_s / 2), ("end", end)]
             next_progress = t0 + min(args.progress_s, max(5.0, (args.warmup_s + window_s) / 4))
@@ -377,6 +389,7 @@ def main() -> int:
                             rss[kind][name] = rss_kb(w.proc.pid)
                             if name == "start":
                                 cpu0[kind] = cpu_seconds(w.proc.pid)
+                        recs_state[name] = recs_stats(workers["recs"].web_port)
                 if now >= next_progress:
                     progress("warm-up" if now < measure_start else "soak")
                     next_progress += args.progress_s
@@ -385,6 +398,7 @@ def main() -> int:
                 t.join(timeout=max(5.0, args.chunk_ms / 1000 * 4))
             for kind, w in workers.items():
                 rss[kind]["end"] = rss_kb(w.proc.pid)
+            recs_state["end"] = recs_stats(workers["recs"].web_port)
             cpu1 = {k: cpu_seconds(w.proc.pid) for k, w in workers.items()}
             producer.flush(timeout=30)
             progress("sent")
@@ -488,6 +502,9 @@ def main() -> int:
               f"{r.get('end', 0) / 1024:.0f} MB, end/start {r.get('end', 0) / start if start else float('nan'):.3f}, "
               f"max growth {growth[kind]:+.1%} ({'PASS' if growth[kind] <= RSS_LIMIT - 1 else 'FAIL'}); "
               f"CPU {cpu:.0%} of a core")
+    for key in ("users", "items", "seen_pairs", "covis_entries", "dedupe_ids", "dedupe_bytes"):
+        print(f"recs state {key}: " + " -> ".join(f"{recs_state.get(m, {}).get(key, '?')}"
+                                                  for m in ("start", "middle", "end")))
     for e in send_errors[:5]:
         print(f"send error: {e}")
     worst = max(growth.values(), default=float("nan"))

@@ -160,7 +160,8 @@ class RecsProcessor:
             return self._recommend_locked(user_id, k)
 
     def routes(self) -> dict[str, Callable[[Mapping[str, str], Mapping[str, str]], tuple[int, Any]]]:
-        """``GET /recommend/{user_id}?k=10`` on the worker's web server."""
+        """``GET /recommend/{user_id}?k=10`` and ``GET /recs/stats`` (the model's state sizes) on the worker's
+        web server."""
 
         def recommend_view(params: Mapping[str, str], query: Mapping[str, str]) -> tuple[int, Any]:
             try:
@@ -171,7 +172,11 @@ class RecsProcessor:
                 return 400, {"error": f"k must be an integer in 1..{self.max_k}"}
             return 200, self.recommend(params["user_id"], k)
 
-        return {"/recommend/{user_id}": recommend_view}
+        def stats_view(params: Mapping[str, str], query: Mapping[str, str]) -> tuple[int, Any]:
+            with self.lock:
+                return 200, {"model": self.model.version, **self.model.state_sizes()}
+
+        return {"/recommend/{user_id}": recommend_view, "/recs/stats": stats_view}
 
     # -- state (the Checkpointed capability)
     def _checkpoint_due(self, now_ms: int) -> bool:

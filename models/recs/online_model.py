@@ -142,7 +142,7 @@ class OnlineRecommender:
         self._iidx: dict[str, int] = {}
         self.seen: dict[int, set[int]] = {}
         self.history: dict[int, list[int]] = {}  # latest positive items per user, oldest first
-        self.covis: dict[int, dict[int, float]] = {}  # symmetric item-item co-occurrence within user windows
+        self.covis: dict[int, dict[int, int]] = {}  # symmetric item-item co-occurrence counts within user windows
         self.popularity = np.zeros(0, np.float64)
         self.dedupe = Deduper(c.dedupe_capacity)
         self._replay_u = np.zeros(c.replay_size, np.int64)
@@ -172,6 +172,21 @@ class OnlineRecommender:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        """How full each part of the learned state is, so a memory rise can be told apart from a leak: every
+        part is bounded by the users and items seen or by a config cap."""
+        return {
+            "users": self.n_users,
+            "items": self.n_items,
+            "seen_pairs": sum(len(s) for s in self.seen.values()),
+            "covis_entries": sum(len(r) for r in self.covis.values()),
+            "dedupe_ids": len(self.dedupe),
+            "dedupe_capacity": self.dedupe.capacity,
+            "dedupe_bytes": self.dedupe.nbytes,
+            "replay_positives": min(self._replay_n, self.config.replay_size),
+            "applied": self.n_applied,
+        }
 
     # ------------------------------------------------------------------ growth
     def _grow_users(self, new: Sequence[str]) -> None:
@@ -234,12 +249,9 @@ class OnlineRecommender:
         """Apply a micro-batch: dedupe, grow tables, then a few BPR passes over new + replayed positives."""
         t0 = time.perf_counter()
         stats = UpdateStats(received=len(events))
-        fresh: list[ClickEvent] = []
-        for ev in events:
-            if self.dedupe.add(ev.id):
-                fresh.append(ev)
-            else:
-                stats.duplicates += 1
+        is_new = self.dedupe.add_many([ev.id for ev in events])
+        fresh = [ev for ev, new in zip(events, is_new.tolist(), strict=True) if new]
+        stats.duplicates = len(events) - len(fresh)
         new_users = list(dict.fromkeys(e.user_id for e in fresh if e.user_id not in self._uidx))
         new_items = list(dict.fromkeys(e.item_id for e in fresh if e.item_id not in self._iidx))
         self._grow_users(new_users)
@@ -287,9 +299,9 @@ class OnlineRecommender:
             row_i = covis[i] = {}
         cap = self.config.covis_row_cap
         for j in hist:
-            row_i[j] = row_i.get(j, 0.0) + 1.0
+            row_i[j] = row_i.get(j, 0) + 1  # ints: counts up to 256 are shared objects, floats are 24 B each
             row_j = covis[j]  # every item in a history got its row when it was added
-            row_j[i] = row_j.get(i, 0.0) + 1.0
+            row_j[i] = row_j.get(i, 0) + 1
             if len(row_j) > cap:
                 covis[j] = _strongest(row_j, cap // 2)
         if len(row_i) > cap:
@@ -563,7 +575,7 @@ class OnlineRecommender:
         self._iidx = {i: k for k, i in enumerate(self.item_ids)}
         self.seen = {int(u): set(s) for u, s in state["seen"].items()}
         self.history = {int(u): list(h) for u, h in state["history"].items()}
-        self.covis = {int(i): dict(r) for i, r in state["covis"].items()}
+        self.covis = {int(i): {j: int(c) for j, c in r.items()} for i, r in state["covis"].items()}
         self.popularity = np.asarray(state["popularity"], np.float64).copy()
         self.dedupe = Deduper.from_state(state["dedupe"], self.config.dedupe_capacity)
         ru, ri, rw, rn = state["replay"]
@@ -585,7 +597,7 @@ class OnlineRecommender:
         self._item_vecs, self._dirty_all, self._dirty = None, True, set()
 
 
-def _strongest(row: dict[int, float], keep: int) -> dict[int, float]:
+def _strongest(row: dict[int, int], keep: int) -> dict[int, int]:
     """The ``keep`` largest counts of a co-occurrence row (ties: the lower item index, so a replay after a
     restart prunes exactly as the first run did)."""
     return dict(sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:keep])

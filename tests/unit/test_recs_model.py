@@ -141,6 +141,22 @@ def test_state_round_trip_gives_identical_recommendations() -> None:
     assert m2.update(more).duplicates == 2  # dedupe memory travels with the checkpoint
 
 
+def test_a_checkpoint_of_the_previous_release_still_loads() -> None:
+    """It stored the dedupe window as the id strings and co-occurrence counts as floats."""
+    m = make_model()
+    world(m, rounds=3)
+    evs = clicks("auser0", [f"a{k}" for k in range(9)], tag="old") + clicks("buser1", ["b1", "b2"], tag="old")
+    m.update(evs)
+    state = m.state_dict()
+    state["dedupe"] = [e.id for e in evs]
+    state["covis"] = {i: {j: float(c) for j, c in r.items()} for i, r in m.covis.items()}
+    m2 = OnlineRecommender(encoder=bow_encoder)
+    m2.load_state_dict(state)
+    assert m2.update(evs[:7]).duplicates == 7
+    assert m2.covis == m.covis and all(type(c) is int for r in m2.covis.values() for c in r.values())
+    assert m2.recommend("auser0", k=5) == m.recommend("auser0", k=5)
+
+
 def test_faiss_retrieval_matches_exact_scores() -> None:
     m = make_model()
     world(m, rounds=5)

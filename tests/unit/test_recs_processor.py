@@ -238,8 +238,7 @@ def test_recommend_shape(k: int) -> None:
 def test_recommend_route() -> None:
     o, p = Offsets(), RecsProcessor(small_model())
     p.process([click(o, f"e{n}", f"u{n % 2}", f"i{n}") for n in range(20)])
-    [(path, view)] = p.routes().items()
-    assert path == "/recommend/{user_id}"
+    view = p.routes()["/recommend/{user_id}"]
     status, body = view({"user_id": "u0"}, {"k": "3"})
     assert status == 200 and body == p.recommend("u0", 3)
     status, body = view({"user_id": "u0"}, {})
@@ -247,6 +246,18 @@ def test_recommend_route() -> None:
     for bad in ("0", "1001", "ten"):
         status, body = view({"user_id": "u0"}, {"k": bad})
         assert status == 400 and "k must be" in body["error"]
+
+
+def test_the_stats_view_reports_how_full_the_models_state_is() -> None:
+    """What the soak reads next to RSS: every part of the state and its bound, so growth can be explained."""
+    o, p = Offsets(), RecsProcessor(small_model())
+    p.process([click(o, f"e{n}", f"u{n % 3}", f"i{n % 5}") for n in range(20)])
+    p.process([click(o, f"e{n}", f"u{n % 3}", f"i{n % 5}") for n in range(5)])  # replayed ids: no growth
+    status, body = p.routes()["/recs/stats"]({}, {})
+    assert status == 200 and body["model"] == p.model.version
+    assert body["applied"] == body["dedupe_ids"] == 20 and body["users"] == 3 and body["items"] == 5
+    assert body["seen_pairs"] == 15 and body["covis_entries"] > 0
+    assert body["dedupe_capacity"] == p.model.config.dedupe_capacity and body["dedupe_bytes"] > 0
 
 
 class _Planted:
