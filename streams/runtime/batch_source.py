@@ -13,6 +13,9 @@ The contract is the Faust agent's (agent.py), so processors and their tests do n
   rebalance, and at shutdown. A delivery failure fail-stops the process (runner.py) with nothing committed.
 * its own consumer group, ``<app id>.<processor>`` (`batch_group_id`): Faust's group speaks Faust's assignor
   protocol, and every member of one group must share one. Recovery reads that group's committed offsets.
+  A partition the group has never committed starts at ``start_at`` when given: the worker passes the Faust
+  group's commits (recovery.inherited_offsets), so moving a processor onto this path continues where its
+  agent stopped instead of at the beginning of the topic.
 * only for processors without per-partition state (`PartitionedState`, e.g. ASR streams): their hand-over on
   rebalance is Faust's (handover.py); the worker refuses the combination with a reason.
 """
@@ -66,7 +69,7 @@ class BatchSource:
 
     def __init__(self, runner: ProcessorRunner, settings: Settings, bootstrap: str, *,
                  on_assigned: Callable[[set[TP]], None] = lambda _tps: None, commit_interval_s: float = 1.0,
-                 on_fatal: Callable[[], Any] = exit_for_restart) -> None:
+                 on_fatal: Callable[[], Any] = exit_for_restart, start_at: Mapping[TP, int] | None = None) -> None:
         self.runner = runner
         processor = runner.processor
         self.topics = tuple(processor.source_topics)
@@ -74,6 +77,7 @@ class BatchSource:
         self.group_id = batch_group_id(settings.app_id, processor.name)
         self.on_assigned, self.on_fatal = on_assigned, on_fatal
         self.commit_interval_s = commit_interval_s
+        self.start_at = dict(start_at or {})
         self.settings, self.bootstrap = settings, bootstrap
         self.consumer: AIOKafkaConsumer | None = None  # made in run(): aiokafka binds to the running loop
         self._acked: dict[TopicPartition, int] = {}  # next offset to read, per partition, once delivered
@@ -161,6 +165,16 @@ class BatchSource:
             return
         self._committed.update(due)
 
+    async def _assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.consumer
+        for tp in sorted(assigned):
+            at = self.start_at.get((tp.topic, tp.partition))
+            if at is not None and consumer is not None and await consumer.committed(tp) is None:
+                log.info("%s: %s[%d] has no commit in group %s; starting at %d (the previous group's commit)",
+                         self.runner.processor.name, tp.topic, tp.partition, self.group_id, at)
+                consumer.seek(tp, at)
+        self.on_assigned({(tp.topic, tp.partition) for tp in assigned})
+
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         """Before giving partitions up: everything read from them delivered and committed, so the next owner
         starts exactly after it (at-least-once without a gap)."""
@@ -179,4 +193,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.source._revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.source.on_assigned({(tp.topic, tp.partition) for tp in assigned})
+        await self.source._assigned(assigned)

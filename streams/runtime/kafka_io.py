@@ -114,7 +114,8 @@ def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> Kafka
 
 def send_all(producer: KafkaProducer, records: Iterable[OutRecord], timeout_s: float = 30.0) -> int:
     futures = [
-        producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None) for r in records
+        producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None, partition=r.partition)
+        for r in records
     ]
     producer.flush(timeout=timeout_s)
     for fut in futures:

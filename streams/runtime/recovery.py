@@ -126,6 +126,18 @@ def kafka_committed_offsets(settings: Settings, bootstrap: str, topics: Sequence
             if tp.topic in topics and meta.offset is not None and meta.offset >= 0}
 
 
+def inherited_offsets(settings: Settings, bootstrap: str, topics: Sequence[str], group_id: str,
+                      previous_group: str) -> dict[TP, int]:
+    """``previous_group``'s committed offsets on the partitions where ``group_id`` has none.
+
+    Why: a processor moved from a Faust agent (group: the app id) to the batch path (its own group,
+    batch_source.py) would otherwise start the new group at the beginning of its topics, applying every old
+    click again and answering every old request again. Where the new group has committed, its own offsets win."""
+    own = kafka_committed_offsets(settings, bootstrap, topics, group_id)
+    before = kafka_committed_offsets(settings, bootstrap, topics, previous_group)
+    return {tp: offset for tp, offset in before.items() if tp not in own}
+
+
 def kafka_read_range(settings: Settings, bootstrap: str, timeout_s: float = 300.0
                      ) -> Callable[[Mapping[TP, int], Mapping[TP, int]], Iterator[list[RawRecord]]]:
     """A ``read_range`` for `recover`: stops on each partition's committed offset (a position the group has
@@ -173,10 +185,12 @@ def kafka_read_range(settings: Settings, bootstrap: str, timeout_s: float = 300.
 
 
 def restore_from_kafka(processor: Checkpointed, store: StateStore, settings: Settings, bootstrap: str,
-                       progress: Progress, partitions: Set[TP] | None = None, *, group_id: str | None = None) -> int:
+                       progress: Progress, partitions: Set[TP] | None = None, *, group_id: str | None = None,
+                       inherited: Mapping[TP, int] | None = None) -> int:
     """The recovery of one checkpointed processor against a real cluster: at start (``partitions`` None: every
     checkpoint), or for the partitions a rebalance just assigned (handover.py: only checkpoints whose offsets
-    name one of them, replayed only on them)."""
+    name one of them, replayed only on them). ``inherited``: where the group has no commit, where its consumer
+    will start instead (`inherited_offsets`), so the replay goes up to there."""
     checkpoints = store.load(kafka_state_records(settings, bootstrap, processor.state_topic))
     where = ""
     if partitions is not None:
@@ -188,6 +202,7 @@ def restore_from_kafka(processor: Checkpointed, store: StateStore, settings: Set
 
     def committed() -> dict[TP, int]:
         offsets = kafka_committed_offsets(settings, bootstrap, processor.replay_topics, group_id or settings.app_id)
+        offsets = {**{tp: o for tp, o in (inherited or {}).items() if tp[0] in processor.replay_topics}, **offsets}
         return offsets if partitions is None else {tp: o for tp, o in offsets.items() if tp in partitions}
 
     return recover(processor, checkpoints, committed, kafka_read_range(settings, bootstrap), progress)

@@ -26,7 +26,7 @@ from streams.runtime.faust_app import create_app
 from streams.runtime.handover import Handover
 from streams.runtime.kafka_io import describe_topics, ensure_topics, wait_for_broker
 from streams.runtime.model_updates import ModelUpdateFollower
-from streams.runtime.recovery import restore_from_kafka
+from streams.runtime.recovery import inherited_offsets, restore_from_kafka
 from streams.runtime.runner import ProcessorRunner
 from streams.runtime.state_store import StateStore
 from streams.runtime.web import Readiness, register_routes, register_worker_pages
@@ -194,16 +194,23 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
     for processor in processors:
         store = None
         group = batch_group_id(settings.app_id, processor.name) if processor.name in batched else settings.app_id
+        inherited: dict[tuple[str, int], int] = {}
+        if processor.name in batched:  # moved off a Faust agent: continue where that group stopped
+            inherited = inherited_offsets(settings, bootstrap, processor.source_topics, group, settings.app_id)
+            if inherited:
+                progress(f"{processor.name}: group {group} has no commits on {len(inherited)} partition(s) that "
+                         f"group {settings.app_id} has; starting them there")
         if isinstance(processor, Checkpointed):
             store = StateStore(topic=processor.state_topic, kind=processor.state_store, processor=processor.name,
                                app_id=settings.app_id, state_dir=settings.state_dir)
             if not isinstance(processor, PartitionedState):  # that one is restored per assignment (handover)
-                restore_from_kafka(processor, store, settings, bootstrap, progress, group_id=group)
+                restore_from_kafka(processor, store, settings, bootstrap, progress, group_id=group,
+                                   inherited=inherited)
         runner = ProcessorRunner(processor, send, max_message_bytes=settings.max_message_bytes, state=store)
         runners.append(runner)
         if processor.name in batched:
-            sources.append(BatchSource(runner, settings, bootstrap, on_assigned=lambda tps, name=processor.name:
-                                       on_assignment(name, tps)))
+            sources.append(BatchSource(runner, settings, bootstrap, start_at=inherited,
+                                       on_assigned=lambda tps, name=processor.name: on_assignment(name, tps)))
             attach_ticker(app, runner)
             progress(f"{processor.name}: batch consumer (aiokafka getmany), group {group}")
         else:

@@ -18,7 +18,7 @@ from streams.contracts.topics import TopicSpec
 from streams.runtime.batch_source import BatchSource
 from streams.runtime.delivery import DeliveryFailed
 from streams.runtime.kafka_io import ensure_topics
-from streams.runtime.recovery import kafka_committed_offsets
+from streams.runtime.recovery import inherited_offsets, kafka_committed_offsets
 from streams.runtime.runner import ProcessorRunner
 from tests.integration.harness import produce
 
@@ -58,7 +58,8 @@ class Sender:
         return ack
 
 
-def run_source(broker: str, app_id: str, topic: str, sender: Sender, until: Any, timeout_s: float = 60) -> list[str]:
+def run_source(broker: str, app_id: str, topic: str, sender: Sender, until: Any, timeout_s: float = 60,
+               start_at: dict[tuple[str, int], int] | None = None) -> list[str]:
     """Run a BatchSource over ``topic`` until ``until()`` or a fail-stop; returns what the runtime reported."""
     events: list[str] = []
 
@@ -71,7 +72,7 @@ def run_source(broker: str, app_id: str, topic: str, sender: Sender, until: Any,
                                  on_broken=lambda: events.append("broken"))
         settings = Settings(bootstrap=broker, app_id=app_id)
         source = BatchSource(runner, settings, broker, commit_interval_s=0.2,
-                             on_fatal=lambda: events.append("source failed"))
+                             on_fatal=lambda: events.append("source failed"), start_at=start_at)
         task = asyncio.create_task(source.run())
         deadline = time.monotonic() + timeout_s
         while not until() and "broken" not in events and time.monotonic() < deadline:
@@ -117,3 +118,35 @@ def test_a_failed_delivery_commits_nothing_past_what_was_delivered(broker: str) 
     run_source(broker, app, topic, again, until=lambda: len(again.sent) >= N - 100)
     delivered = {o.value for o in failing.sent} | {o.value for o in again.sent}
     assert delivered == {f"v{i}".encode() for i in range(N)}
+
+
+def test_moving_onto_the_batch_path_continues_where_the_previous_group_stopped(broker: str) -> None:
+    """The upgrade from a Faust agent (group: the app id) to the batch path (group ``<app>.echo``): the new
+    group has no commits, so it starts at the old group's, not at the beginning of the topic; once it has
+    committed, its own offsets win."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    topic, app = f"batch.{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    settings = Settings(bootstrap=broker)
+    ensure_topics(settings, broker, [TopicSpec(topic, "batch path test", partitions=2)])
+    produce(broker, [OutRecord(topic, b"k", f"v{i}".encode(), partition=i % 2) for i in range(N)])
+    old = KafkaConsumer(bootstrap_servers=broker, group_id=app, enable_auto_commit=False)
+    try:  # what the Faust agent had committed before the upgrade
+        old.commit({TopicPartition(topic, 0): OffsetAndMetadata(100, "", -1),
+                    TopicPartition(topic, 1): OffsetAndMetadata(120, "", -1)})
+    finally:
+        old.close()
+    start = inherited_offsets(settings, broker, [topic], f"{app}.echo", app)
+    assert start == {(topic, 0): 100, (topic, 1): 120}
+
+    moved = Sender()
+    run_source(broker, app, topic, moved, until=lambda: len(moved.sent) >= 80, start_at=start)
+    time.sleep(1.0)  # anything read past the start would arrive now
+    want = {f"v{i}".encode() for i in range(N) if i // 2 >= (100 if i % 2 == 0 else 120)}
+    assert sorted(o.value for o in moved.sent) == sorted(want)
+    assert inherited_offsets(settings, broker, [topic], f"{app}.echo", app) == {}  # its own commits now
+
+    again = Sender()
+    run_source(broker, app, topic, again, until=lambda: False, timeout_s=8, start_at={(topic, 0): 0, (topic, 1): 0})
+    assert again.sent == []  # committed partitions ignore start_at
