@@ -26,6 +26,7 @@ and gap transcripts) only advance the offsets.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict, deque
 from collections.abc import Sequence
@@ -99,9 +100,8 @@ def asr_signals(event: dict[str, Any]) -> list[Observation]:
     out: list[Observation] = [("asr", model, "segment_s", duration),
                               ("asr", model, "words_per_s", len(text.split()) / duration)]
     for name in ("avg_logprob", "no_speech_prob"):  # optional: a value that is not a finite number is ignored
-        value = event.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            out.append(("asr", model, name, float(value)))
+        with contextlib.suppress(SchemaError):
+            out.append(("asr", model, name, number(event.get(name), name)))
     if isinstance(event.get("language"), str):
         out.append(("asr", model, "language", event["language"]))
     return out

@@ -1127,6 +1127,8 @@ FOUND_BUGS = [
           "ts-10e30"),  # was: the ts reached time.gmtime() (version_for) and raised OverflowError
     known("monitor", topics.TEXT_ENRICHED, raw_case(dumps({**ENRICHED, "models": {"sentiment": ["v"]}}),
                                                     "model version an array", DEAD), "version-array"),
+    known("monitor", topics.ASR_TRANSCRIPTS, raw_case(with_raw(TRANSCRIPT, "avg_logprob", BIG),
+                                                      "avg_logprob 10**400 (optional: ignored)", OK), "logprob-10e400"),
 ]
 
 
