@@ -98,13 +98,12 @@ class Deduper:
     behind; the window only has to cover one checkpoint interval of events plus upstream retries.
 
     Ids are kept as 64-bit BLAKE2b hashes, not strings: the newest generation (up to ``generation`` ids) in a
-    set, older generations frozen into sorted numpy arrays (8 bytes an id) that a whole batch is looked up in
-    at once. A full window of 1M ids costs ~11 MB instead of ~160 MB of Python strings, so the worker's memory
-    stops growing after its first million clicks rather than creeping for hours. Eviction drops a whole
-    generation, so the window holds about ``capacity - generation`` to ``capacity`` ids (``generation`` is at
-    most a tenth of ``capacity``). Two distinct
-    ids share a hash with probability ~n²/2⁶⁵ (n = ids in the window: ~3e-8 at 1M); such an event would be
-    taken for a duplicate.
+    set, older generations merged into one sorted numpy array (8 bytes an id, plus 4 for its generation) that
+    a whole batch is looked up in at once. A full window of 1M ids costs ~15 MB instead of ~160 MB of Python
+    strings, so the worker's memory stops growing after its first million clicks rather than creeping for
+    hours. Eviction drops the oldest generation, so the window holds about ``capacity - generation`` to
+    ``capacity`` ids (``generation`` is at most a tenth of ``capacity``). Two distinct ids share a hash with
+    probability ~n²/2⁶⁵ (n = ids in the window: ~3e-8 at 1M); such an event would be taken for a duplicate.
     """
 
     def __init__(self, capacity: int = 1_000_000, generation: int = 50_000) -> None:
@@ -113,19 +112,21 @@ class Deduper:
         self.capacity = capacity
         self.generation = max(1, min(generation, capacity // 10))
         self._current: set[int] = set()
-        self._frozen: deque[np.ndarray] = deque()  # sorted uint64 hashes, oldest generation first
-        self._n_frozen = 0
+        self._keys = np.zeros(0, np.uint64)  # every frozen hash, sorted
+        self._born = np.zeros(0, np.uint32)  # the generation each of them was frozen in
+        self._sizes: deque[tuple[int, int]] = deque()  # (generation, how many ids), oldest first
+        self._next_generation = 0
 
     def __contains__(self, event_id: str) -> bool:
-        return bool(self._known(np.array([_id_hash(event_id)], np.uint64))[0])
+        return bool(self._known(_id_hashes([event_id]))[0])
 
     def __len__(self) -> int:
-        return self._n_frozen + len(self._current)
+        return len(self._keys) + len(self._current)
 
     @property
     def nbytes(self) -> int:
-        """Approximate memory held: 8 bytes a frozen id, ~60 for one in the newest generation's set."""
-        return self._n_frozen * 8 + len(self._current) * 60
+        """Approximate memory held: 12 bytes a frozen id, ~60 for one in the newest generation's set."""
+        return len(self._keys) * 12 + len(self._current) * 60
 
     def add(self, event_id: str) -> bool:
         """Record ``event_id``; returns False if it was already present (a duplicate)."""
@@ -133,7 +134,7 @@ class Deduper:
 
     def add_many(self, event_ids: Sequence[str]) -> np.ndarray:
         """Record a batch; element k is True when ``event_ids[k]`` is new (a repeat within the batch is not)."""
-        hashes = np.fromiter((_id_hash(i) for i in event_ids), np.uint64, len(event_ids))
+        hashes = _id_hashes(event_ids)
         fresh = np.zeros(len(hashes), bool)
         start = 0
         while start < len(hashes):  # in slices that fill the newest generation at most, so none outgrows it
@@ -155,28 +156,44 @@ class Deduper:
 
     def _known(self, hashes: np.ndarray) -> np.ndarray:
         found = np.zeros(len(hashes), bool)
-        for gen in self._frozen:
-            at = np.searchsorted(gen, hashes)
-            at[at == len(gen)] = 0
-            found |= gen[at] == hashes
+        if len(self._keys):
+            at = np.searchsorted(self._keys, hashes)
+            at[at == len(self._keys)] = 0
+            found = self._keys[at] == hashes
         if self._current:
             current = self._current
-            found |= np.fromiter((int(h) in current for h in hashes.tolist()), bool, len(hashes))
+            found |= np.fromiter((h in current for h in hashes.tolist()), bool, len(hashes))
         return found
 
     def _freeze(self) -> None:
-        gen = np.sort(np.fromiter(self._current, np.uint64, len(self._current)))
-        self._frozen.append(gen)
-        self._n_frozen += len(gen)
+        self._add_generation(np.fromiter(self._current, np.uint64, len(self._current)))
         self._current = set()
-        while self._frozen and self._n_frozen > self.capacity - self.generation:
-            self._n_frozen -= len(self._frozen.popleft())
+
+    def _add_generation(self, hashes: np.ndarray) -> None:
+        """Merge one generation into the sorted array (np.insert: one copy, not a sort of everything), then drop
+        the oldest generations past the window."""
+        hashes = np.sort(hashes)
+        gen = self._next_generation
+        self._next_generation += 1
+        at = np.searchsorted(self._keys, hashes)
+        self._keys = np.insert(self._keys, at, hashes)
+        self._born = np.insert(self._born, at, np.uint32(gen))
+        self._sizes.append((gen, len(hashes)))
+        frozen, oldest_kept = len(self._keys), None
+        while self._sizes and frozen > self.capacity - self.generation:
+            oldest_kept = self._sizes[0][0] + 1
+            frozen -= self._sizes.popleft()[1]
+        if oldest_kept is not None:
+            keep = self._born >= oldest_kept
+            self._keys, self._born = self._keys[keep], self._born[keep]
 
     def state(self) -> tuple[np.ndarray, np.ndarray]:
         """(every hash as int64, oldest generation first and the newest last; each generation's length)."""
-        gens = [*self._frozen, np.fromiter(self._current, np.uint64, len(self._current))]
-        hashes = np.concatenate(gens) if gens else np.zeros(0, np.uint64)
-        return hashes.view(np.int64), np.array([len(g) for g in gens], np.int64)
+        order = np.argsort(self._born, kind="stable")
+        newest = np.fromiter(self._current, np.uint64, len(self._current))
+        hashes = np.concatenate([self._keys[order], newest])
+        lengths = [n for _gen, n in self._sizes] + [len(newest)]
+        return hashes.view(np.int64), np.array(lengths, np.int64)
 
     @classmethod
     def from_state(cls, state: Any, capacity: int, generation: int = 50_000) -> Deduper:
@@ -193,14 +210,12 @@ class Deduper:
             raise ValueError(f"dedupe state: generation lengths add up to {bounds[-1]}, not {len(hashes)} hashes")
         *frozen, newest = np.split(hashes, bounds[:-1]) if len(bounds) else [np.zeros(0, np.uint64)]
         for gen in frozen:
-            d._frozen.append(np.sort(gen))
-            d._n_frozen += len(gen)
+            d._add_generation(gen)
         d._current = set(newest.tolist())
-        while d._frozen and d._n_frozen > d.capacity - d.generation:
-            d._n_frozen -= len(d._frozen.popleft())
         return d
 
 
-def _id_hash(event_id: str) -> int:
-    """A stable 64-bit hash of an id (Python's hash() is salted per process; checkpoints outlive processes)."""
-    return int.from_bytes(blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+def _id_hashes(event_ids: Sequence[str]) -> np.ndarray:
+    """Stable 64-bit hashes of ids (Python's hash() is salted per process; checkpoints outlive processes)."""
+    digests = b"".join([blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest() for i in event_ids])
+    return np.frombuffer(digests, np.uint64).copy()
