@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
 from models.ner import DEFAULT_NER, load_ner
 from models.sentiment import load_sentiment
 from models.text_types import Entity, EntityRecognizer, Sentiment, SentimentModel
@@ -57,7 +59,7 @@ class TextEnricher:
         if self.shared_encoder:
             sentiments, states = self.sentiment.predict_with_states(texts, self.ner.layers)  # type: ignore[attr-defined]
             entities = self.ner.predict_from_states(texts, states)  # type: ignore[attr-defined]
-        elif self._pool is None:
+        elif self._pool is None or not self._overlap_pays():
             sentiments = self.sentiment.predict(texts)
             entities = self.ner.predict(texts)
         else:
@@ -69,6 +71,14 @@ class TextEnricher:
         if len(sentiments) != len(texts) or len(entities) != len(texts):
             raise RuntimeError("a text model returned a different number of results than texts given")
         return list(zip(sentiments, entities, strict=True))
+
+    def _overlap_pays(self) -> bool:
+        """Overlap gives each model a core; when the NER is a torch model too and torch already runs on several
+        threads (a text-only worker with the MiniLM NER, whose sentiment model is not on the same encoder),
+        two concurrent multi-threaded passes would oversubscribe the cores: run them one after the other."""
+        from models.token_ner import MiniLMNER
+
+        return not isinstance(self.ner, MiniLMNER) or torch.get_num_threads() == 1
 
     def close(self) -> None:
         if self._pool is not None:

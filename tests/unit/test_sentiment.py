@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from transformers import AutoTokenizer, pipeline
 from models import model_store
 from models.model_store import HEAD_MODEL, model_dir
 from models.sentiment import (
+    CALL_OVERHEAD_TOKENS,
     MeanPoolBertForSequenceClassification,
     MeanPoolConfig,
     TransformerSentiment,
@@ -19,6 +21,7 @@ from models.sentiment import (
     load_classifier,
     load_sentiment,
     normalize_labels,
+    padded_groups,
 )
 from models.sentiment_training import encoder_path, ensure_default_models
 from models.text_types import Sentiment
@@ -80,15 +83,37 @@ def test_length_sorted_batches_cover_every_text_once(tokenizer) -> None:
     assert widths == sorted(widths)
 
 
-def test_length_groups_bound_padding_and_size(tokenizer) -> None:
-    texts = [" ".join(["word"] * n) for n in (3, 40, 4, 41, 5, 42, 20, 21)] + [" ".join(["same"] * 30)] * 7
-    groups = list(length_sorted_batches(tokenizer, texts, max_length=128, batch_size=4))
-    for _, _ids, mask in groups:
-        lengths = mask.sum(1).tolist()
-        assert len(lengths) <= 4
-        assert max(lengths) <= max(min(lengths) + 2, int(min(lengths) * 1.15))
-    same = [idx for idx, _, _ in groups if all(texts[i] == texts[-1] for i in idx)]
-    assert sorted(len(idx) for idx in same) == [3, 4]  # equal lengths fill groups up to batch_size
+def test_length_groups_trade_padding_against_calls(tokenizer) -> None:
+    def sizes(lengths: list[int], batch_size: int = 64) -> list[list[int]]:
+        texts = [" ".join(["word"] * n) for n in lengths]
+        return [sorted(len(texts[i].split()) for i in idx)
+                for idx, _, _ in length_sorted_batches(tokenizer, texts, max_length=128, batch_size=batch_size)]
+
+    assert sizes([5, 8, 6, 7]) == [[5, 6, 7, 8]]  # a few similar texts: one call, not one per length
+    assert sizes([3] * 10 + [100] * 10) == [[3] * 10, [100] * 10]  # padding 10 texts by 97 costs more than a call
+    assert sizes([30] * 7, batch_size=4) == [[30] * 3, [30] * 4]  # batch_size caps a group
+
+
+def test_padded_groups_are_the_cheapest_split() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        lengths = sorted(int(n) for n in rng.integers(1, 60, size=int(rng.integers(1, 9))))
+        ids = [[1] * n for n in lengths]
+        got = sum(CALL_OVERHEAD_TOKENS + m.numel() for _, _, m in padded_groups(ids, 0, batch_size=3))
+        assert got == min(split_cost(lengths, cuts, 3) for cuts in itertools.product([0, 1], repeat=len(lengths) - 1))
+
+
+def split_cost(lengths: list[int], cuts: tuple[int, ...], batch_size: int) -> float:
+    """Cost of cutting sorted lengths after each position whose flag is 1 (inf when a group is too big)."""
+    groups, start = [], 0
+    for k, cut in enumerate(cuts, start=1):
+        if cut:
+            groups.append(lengths[start:k])
+            start = k
+    groups.append(lengths[start:])
+    if max(len(g) for g in groups) > batch_size:
+        return float("inf")
+    return sum(CALL_OVERHEAD_TOKENS + len(g) * g[-1] for g in groups)
 
 
 @pytest.fixture(scope="module")
