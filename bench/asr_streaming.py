@@ -26,9 +26,15 @@ Method:
   like with like. Throughput: K x audio seconds / drain seconds (x real time); cost: the worker process's
   CPU seconds (from /proc) per audio second.
 
-The last line prints the streaming/offline WER delta and the largest real-time K.
+- Backends: ``--backends torch,ct2`` runs the ladder once per ASR backend (``STREAMSENSE_ASR_BACKEND``), each
+  in a fresh worker on the same broker, one after the other, against the same offline baseline; ``--threads``
+  sets the worker's ``STREAMSENSE_TORCH_THREADS`` (torch's threads, and CTranslate2's intra-op threads).
+
+The last line prints the streaming/offline WER delta and the largest real-time K (per backend, the last one
+named first: with ``--backends torch,ct2`` the line compares ct2 against torch).
 
     .venv/bin/python bench/asr_streaming.py [--model tiny.en] [--ks 1,2,4,6,8] [--chunk-ms 500] [--clips 8]
+        [--backends torch,ct2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -297,7 +303,12 @@ def main() -> int:
     ap.add_argument("--latency-bound", type=float, default=3.0, help="p95 latency (s) a sustained K must meet")
     ap.add_argument("--slack", type=float, default=3.0, help="drain allowance (s) past the longest stream")
     ap.add_argument("--verbose", action="store_true", help="print every stream's transcript")
+    ap.add_argument("--backends", default="torch", help="ASR backends to ladder, in order (torch, ct2)")
+    ap.add_argument("--threads", type=int, default=0, help="the worker's STREAMSENSE_TORCH_THREADS (0: default)")
     args = ap.parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or set(backends) - {"torch", "ct2"}:
+        ap.error("--backends takes torch and/or ct2")
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
     if not ks or min(ks) < 1 or args.clips < 1 or args.chunk_ms <= 0:
         ap.error("--ks needs positive integers; --clips and --chunk-ms must be positive")
@@ -324,78 +335,110 @@ def main() -> int:
           f"RTF {off_rtf:.3f} (wall s per audio s)", flush=True)
 
     run_id = uuid.uuid4().hex[:6]
-    results: list[dict] = []
+    ladders: dict[str, list[dict]] = {}
     stop = threading.Event()
+    code = 0
     with EmbeddedBroker(tansu_bin=Settings.from_env().tansu_bin) as broker:
         settings = Settings(bootstrap=broker.bootstrap)
         ensure_topics(settings, broker.bootstrap)
         arrivals = Arrivals()
         consumer = threading.Thread(target=consume, args=(settings, broker.bootstrap, arrivals, stop), daemon=True)
         consumer.start()
-        worker = WorkerProcess(broker.bootstrap, work, processors="asr", app_id=f"bench-asr-{run_id}",
-                               env={"STREAMSENSE_ASR_MODEL": args.model})
         producer = make_producer(settings, broker.bootstrap, linger_ms=0)
         try:
-            print("streaming: starting the asr worker...", flush=True)
-            worker.start().wait_ready(timeout_s=240)
-            warm_sid = f"warm-{run_id}"
-            first = clips[0]
-            end = int((first.utterances[0][1] + GAP_S) * SAMPLE_RATE) * 2
-            warm = first.pcm[:end]
-            send_all(producer, [OutRecord(topics.AUDIO_CHUNKS, warm_sid.encode(), warm,
-                                          headers=chunk_headers(warm_sid, 0, SAMPLE_RATE, 1, eos=True))])
-            deadline = time.time() + 180
-            while not arrivals.for_stream(warm_sid) and time.time() < deadline:
-                time.sleep(0.2)
-            if not arrivals.for_stream(warm_sid):
-                raise RuntimeError(f"no warm-up transcript within 180 s; worker log:\n{worker.log()[-3000:]}")
-            for k in ks:
-                print(f"K={k}: {k} stream(s) at real-time pace...", flush=True)
-                r = run_phase(k, clips, producer, arrivals, worker, args.chunk_ms, args.slack, args.latency_bound,
-                              run_id)
-                results.append(r)
-                off_e = sum(offline[c]["errors"] for c in r["clips"])
-                off_w = sum(offline[c]["words"] for c in r["clips"])
-                r["offline_wer"] = off_e / max(1, off_w)
-                print(f"K={k}: {'sustained' if r['sustained'] else 'NOT sustained'}; latency p50 {r['p50']:.2f} s, "
-                      f"p95 {r['p95']:.2f} s, max {r['max']:.2f} s over {r['utterances']} utterances "
-                      f"({r['missing']} without a final, {r['gaps']} gap events); drain {r['drain_s']:.1f} s for "
-                      f"{r['longest_s']:.1f} s of stream ({r['x_realtime']:.2f}x real time in all); worker "
-                      f"CPU {r['cpu_per_audio_s']:.3f} s per audio s; send lag max {r['send_lag_s'] * 1000:.0f} ms; "
-                      f"WER {r['wer']:.3f} vs offline {r['offline_wer']:.3f} on the same clips", flush=True)
-                for e in r["send_errors"]:
-                    print(f"  send error: {e}", flush=True)
-                if args.verbose:
-                    for sid, text in r["texts"].items():
-                        print(f"  {sid}: {text}", flush=True)
-                if not r["sustained"]:
-                    break
+            for backend in backends:
+                env = {"STREAMSENSE_ASR_MODEL": args.model, "STREAMSENSE_ASR_BACKEND": backend}
+                if args.threads:
+                    env["STREAMSENSE_TORCH_THREADS"] = str(args.threads)
+                ladders[backend], worker_code = run_ladder(backend, ks, clips, offline, producer, arrivals, broker,
+                                                           work, f"{run_id}{backend}", env, args)
+                code = code or worker_code
         finally:
             producer.close(timeout=10)
             stop.set()
             consumer.join(timeout=15)
-            try:
-                code = worker.stop()
-            except AssertionError as exc:  # did not stop on SIGTERM: the harness killed it
-                print(f"worker: {exc}", flush=True)
-                code = -9
-            if code != 0:
-                print(f"worker exited with {code}; log tail:\n{worker.log()[-2000:]}", flush=True)
-    if all(r["sustained"] for r in results) and code == 0:
+    if all(r["sustained"] for rs in ladders.values() for r in rs) and code == 0:
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"worker log and clips kept in {work}", flush=True)
 
-    ok = [r for r in results if r["sustained"]]
-    best = max(ok, key=lambda r: r["k"]) if ok else (results[-1] if results else None)
-    largest = best["k"] if ok and best else 0
-    if best is None:
+    summaries = {b: summary(rs) for b, rs in ladders.items()}
+    if any(v is None for v in summaries.values()) or not summaries:
         print("ratio: no streaming phase ran")
         return 1
-    label = f"K={best['k']}" + ("" if ok else ", none sustained")
-    print(f"ratio: streaming WER {best['wer']:.3f} vs offline WER {best['offline_wer']:.3f} "
-          f"(delta {best['wer'] - best['offline_wer']:+.3f}, at {label}); largest real-time K = {largest}")
+    last = backends[-1]
+    line = f"ratio: {last}: {summaries[last]}"
+    if len(backends) > 1:
+        line += "; " + "; ".join(f"{b}: {summaries[b]}" for b in backends[:-1])
+        largest = {b: max([r["k"] for r in ladders[b] if r["sustained"]], default=0) for b in backends}
+        first = backends[0]
+        line += f"; largest real-time K {last}/{first} = {largest[last]}/{largest[first]}"
+    print(line)
     return 0
+
+
+def summary(results: list[dict]) -> str | None:
+    """The verdict for one ladder: WER at the largest sustained K (else the last K run) and that K."""
+    ok = [r for r in results if r["sustained"]]
+    best = max(ok, key=lambda r: r["k"]) if ok else (results[-1] if results else None)
+    if best is None:
+        return None
+    label = f"K={best['k']}" + ("" if ok else ", none sustained")
+    return (f"streaming WER {best['wer']:.3f} vs offline WER {best['offline_wer']:.3f} "
+            f"(delta {best['wer'] - best['offline_wer']:+.3f}, at {label}); largest real-time K = "
+            f"{best['k'] if ok else 0}")
+
+
+def run_ladder(backend: str, ks: list[int], clips: list[Clip], offline: dict[str, dict], producer,
+               arrivals: Arrivals, broker: EmbeddedBroker, work: Path, run_id: str, env: dict[str, str],
+               args: argparse.Namespace) -> tuple[list[dict], int]:
+    """One fresh worker with ``env``, warmed, then the K ladder until the first K not sustained."""
+    results: list[dict] = []
+    worker = WorkerProcess(broker.bootstrap, work, processors="asr", app_id=f"bench-asr-{run_id}", env=env)
+    try:
+        print(f"streaming ({backend}): starting the asr worker...", flush=True)
+        worker.start().wait_ready(timeout_s=240)
+        warm_sid = f"warm-{run_id}"
+        first = clips[0]
+        end = int((first.utterances[0][1] + GAP_S) * SAMPLE_RATE) * 2
+        warm = first.pcm[:end]
+        send_all(producer, [OutRecord(topics.AUDIO_CHUNKS, warm_sid.encode(), warm,
+                                      headers=chunk_headers(warm_sid, 0, SAMPLE_RATE, 1, eos=True))])
+        deadline = time.time() + 180
+        while not arrivals.for_stream(warm_sid) and time.time() < deadline:
+            time.sleep(0.2)
+        if not arrivals.for_stream(warm_sid):
+            raise RuntimeError(f"no warm-up transcript within 180 s; worker log:\n{worker.log()[-3000:]}")
+        for k in ks:
+            print(f"{backend} K={k}: {k} stream(s) at real-time pace...", flush=True)
+            r = run_phase(k, clips, producer, arrivals, worker, args.chunk_ms, args.slack, args.latency_bound,
+                          run_id)
+            results.append(r)
+            off_e = sum(offline[c]["errors"] for c in r["clips"])
+            off_w = sum(offline[c]["words"] for c in r["clips"])
+            r["offline_wer"] = off_e / max(1, off_w)
+            print(f"{backend} K={k}: {'sustained' if r['sustained'] else 'NOT sustained'}; latency p50 "
+                  f"{r['p50']:.2f} s, p95 {r['p95']:.2f} s, max {r['max']:.2f} s over {r['utterances']} utterances "
+                  f"({r['missing']} without a final, {r['gaps']} gap events); drain {r['drain_s']:.1f} s for "
+                  f"{r['longest_s']:.1f} s of stream ({r['x_realtime']:.2f}x real time in all); worker "
+                  f"CPU {r['cpu_per_audio_s']:.3f} s per audio s; send lag max {r['send_lag_s'] * 1000:.0f} ms; "
+                  f"WER {r['wer']:.3f} vs offline {r['offline_wer']:.3f} on the same clips", flush=True)
+            for e in r["send_errors"]:
+                print(f"  send error: {e}", flush=True)
+            if args.verbose:
+                for sid, text in r["texts"].items():
+                    print(f"  {sid}: {text}", flush=True)
+            if not r["sustained"]:
+                break
+    finally:
+        try:
+            code = worker.stop()
+        except AssertionError as exc:  # did not stop on SIGTERM: the harness killed it
+            print(f"worker: {exc}", flush=True)
+            code = -9
+        if code != 0:
+            print(f"worker exited with {code}; log tail:\n{worker.log()[-2000:]}", flush=True)
+    return results, code
 
 
 if __name__ == "__main__":

@@ -103,16 +103,17 @@ def main() -> int:
     ap.add_argument("--set", choices=("bench", "heldout"), default="bench",
                     help="the bench's 10 sentences, or 40 others (3 per clip, as the bench builds them)")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--backend", choices=("torch", "ct2"), default="torch", help="the engine's ASR backend")
     args = ap.parse_args()
 
-    from models.asr_engine import AsrEngine, EngineConfig, load_engine
+    from models.asr_engine import EngineConfig, load_engine
     from models.speech_segmenter import VADConfig
 
     work = Path(tempfile.mkdtemp(prefix="asr-wer-"))
     if args.set == "heldout":
         bench.SENTENCES[:] = HELDOUT  # make_clips reads the module's list
     clips = make_clips(args.clips, work)
-    engine = load_engine(args.model)
+    engine = load_engine(args.model, backend=args.backend)
     cache = Path(args.offline_cache) if args.offline_cache else None
     cached: dict[str, dict[str, str]] = json.loads(cache.read_text()) if cache and cache.exists() else {}
     key = f"{args.model}/{args.set}/{args.clips}"
@@ -122,7 +123,7 @@ def main() -> int:
             cache.write_text(json.dumps(cached))
     offline = cached[key]
     if args.beam_size >= 0:
-        engine = AsrEngine(engine.model, engine.model_name, EngineConfig(beam_size=args.beam_size))
+        engine = engine.with_config(EngineConfig(beam_size=args.beam_size))
     settings = Settings.from_env()  # the worker's knobs (word timings, partials) as the worker reads them
     asr = AsrProcessor(engine, vad=VADConfig(max_segment_s=args.max_segment_s),
                        word_timestamps=settings.asr_word_timestamps,

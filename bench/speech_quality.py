@@ -38,7 +38,7 @@ from bench.asr_streaming import Clip, run_offline
 from bench.asr_wer_offline import stream_clip
 from bench.machine import cpu_model
 from bench.speech_testset import CONDITIONS, FILLERS, TestClip, build
-from models.asr_engine import AsrEngine, EngineConfig, load_engine
+from models.asr_engine import EngineConfig, SpeechEngine, load_engine
 from models.speech_segmenter import SAMPLE_RATE, SpeechDetector, VADConfig
 from models.wer import edit_distance, normalize
 from processors.asr import AsrProcessor
@@ -80,7 +80,7 @@ def as_bench_clip(clip: TestClip) -> Clip:
     return Clip(clip.name, clip.pcm16(), clip.text, [])
 
 
-def stream_texts(engine: AsrEngine, clips: list[TestClip], vad: VADConfig,
+def stream_texts(engine: SpeechEngine, clips: list[TestClip], vad: VADConfig,
                  context_s: float) -> dict[str, tuple[str, list[dict]]]:
     """Each clip through a fresh processor (no state shared between clips), 500 ms chunks, one per batch."""
     out = {}
@@ -119,7 +119,7 @@ def vad_cost(clips: list[TestClip], config: VADConfig) -> dict[str, float]:
 
 
 def measure(progress: Callable[[str], Any] = print, per_condition: int = 5, model: str = "tiny.en",
-            verbose: bool = False) -> dict[str, Any]:
+            verbose: bool = False, backend: str = "torch") -> dict[str, Any]:
     """Figures per condition (see the module doc); ``targets_met`` says whether every target holds."""
     clips = build(per_condition)
     audio_s = sum(c.duration for c in clips)
@@ -127,8 +127,8 @@ def measure(progress: Callable[[str], Any] = print, per_condition: int = 5, mode
     t0 = time.perf_counter()
     offline = {name: r["text"] for name, r in run_offline(model, [as_bench_clip(c) for c in clips]).items()}
     progress(f"whole-file whisper.transcribe: {time.perf_counter() - t0:.0f} s")
-    engine = load_engine(model)
-    legacy = AsrEngine(engine.model, engine.model_name, replace(LEGACY_ENGINE, beam_size=engine.cfg.beam_size))
+    engine = load_engine(model, backend=backend)
+    legacy = engine.with_config(replace(LEGACY_ENGINE, beam_size=engine.cfg.beam_size))
     runs: dict[str, dict[str, tuple[str, list[dict]]]] = {}
     silero = VADConfig(max_segment_s=MAX_SEGMENT_S)
     for label, eng, vad, context_s in (("silero", engine, silero, CONTEXT_S), ("alone", engine, silero, 0.0),
@@ -173,8 +173,8 @@ def measure(progress: Callable[[str], Any] = print, per_condition: int = 5, mode
         "clean_not_worse": "clean" not in conditions
         or conditions["clean"]["silero_wer"] <= conditions["clean"]["energy_wer"],
     }
-    return {"model": model, "cpu": cpu_model(), "chunk_ms": CHUNK_MS, "conditions": conditions, "vad_cost": cost,
-            "targets": targets, "targets_met": all(targets.values())}
+    return {"model": model, "backend": backend, "cpu": cpu_model(), "chunk_ms": CHUNK_MS, "conditions": conditions,
+            "vad_cost": cost, "targets": targets, "targets_met": all(targets.values())}
 
 
 GATES = [(0.8, 0.6, -1.0), (0.6, 0.4, -0.5), (0.6, 0.4, -0.6), (0.6, 0.4, -0.7), (0.6, 0.45, -0.5),
@@ -182,7 +182,7 @@ GATES = [(0.8, 0.6, -1.0), (0.6, 0.4, -0.5), (0.6, 0.4, -0.6), (0.6, 0.4, -0.7),
 
 
 def calibrate_gate(progress: Callable[[str], Any] = print, seeds: tuple[int, ...] = (123, 456),
-                   model: str = "tiny.en") -> dict[str, Any]:
+                   model: str = "tiny.en", backend: str = "torch") -> dict[str, Any]:
     """How the engine's no-speech gate (hard, threshold, logprob) trades invented words on noise against lone
     short replies lost: segments from the default VAD, decoded once without the gate, each rule applied after.
 
@@ -192,9 +192,8 @@ def calibrate_gate(progress: Callable[[str], Any] = print, seeds: tuple[int, ...
 
     from bench.speech_testset import calibration_clips
 
-    engine = load_engine(model)
-    ungated = AsrEngine(engine.model, engine.model_name, replace(engine.cfg, no_speech_hard=2.0,
-                                                                 no_speech_threshold=2.0))
+    engine = load_engine(model, backend=backend)
+    ungated = engine.with_config(replace(engine.cfg, no_speech_hard=2.0, no_speech_threshold=2.0))
     step = SAMPLE_RATE * CHUNK_MS // 1000
     rows = []
     with tempfile.TemporaryDirectory(prefix="tts-") as tmp:
@@ -222,7 +221,8 @@ def calibrate_gate(progress: Callable[[str], Any] = print, seeds: tuple[int, ...
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"speech quality, {result['model']}, {result['chunk_ms']} ms chunks, CPU {result['cpu']}",
+    lines = [f"speech quality, {result['model']} ({result['backend']} backend), {result['chunk_ms']} ms chunks, "
+             f"CPU {result['cpu']}",
              f"{'condition':14s} {'clips':>5s} {'words':>6s}  {'streaming':>9s} {'alone':>9s} {'before':>9s} "
              f"{'whole-file':>10s}"
              f"  {'segments (before)':>17s}"]
@@ -246,11 +246,13 @@ def main() -> int:
     ap.add_argument("--per-condition", type=int, default=5)
     ap.add_argument("--verbose", action="store_true", help="print every clip's reference and segments")
     ap.add_argument("--calibrate", action="store_true", help="measure the no-speech gate's trade-off instead")
+    ap.add_argument("--backend", choices=("torch", "ct2"), default="torch", help="the engine's ASR backend")
     args = ap.parse_args()
     if args.calibrate:
-        calibrate_gate(model=args.model)
+        calibrate_gate(model=args.model, backend=args.backend)
         return 0
-    result = measure(per_condition=args.per_condition, model=args.model, verbose=args.verbose)
+    result = measure(per_condition=args.per_condition, model=args.model, verbose=args.verbose,
+                     backend=args.backend)
     print(table(result))
     return 0 if result["targets_met"] else 1
 

@@ -1,5 +1,10 @@
 """Batched whisper transcription of speech segments (≤ 30 s each, float32 mono 16 kHz). No Kafka here.
 
+Backends: the rules below live in :class:`SpeechEngine` and hold for both backends, which only decode:
+:class:`AsrEngine` runs openai-whisper on torch (float32), ``models.asr_ct2.Ct2AsrEngine`` runs the same
+weights in CTranslate2 int8 (several times cheaper per segment; its module doc says how each step keeps these
+semantics). ``load_engine(..., backend=)`` picks one; the worker follows ``STREAMSENSE_ASR_BACKEND``.
+
 Why our own loop instead of ``whisper.transcribe``: that call handles one long file, slides a 30 s window
 and conditions on its own previous text. A streaming processor already has VAD-cut segments from several
 streams at once; one batched ``whisper.decode`` over their mel spectrograms shares the decoder's steps among
@@ -55,10 +60,13 @@ per segment (and fails on batches); two decoding-step fixes below (:class:`_Grou
 
 from __future__ import annotations
 
+import copy
 import re
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol, Self
 
 import numpy as np
 import torch
@@ -66,7 +74,7 @@ import whisper
 from whisper.audio import HOP_LENGTH
 from whisper.decoding import DecodingTask
 from whisper.model import AudioEncoder, MultiHeadAttention, TextDecoder, Whisper
-from whisper.timing import find_alignment, merge_punctuations
+from whisper.timing import WordTiming, find_alignment, merge_punctuations
 from whisper.tokenizer import get_tokenizer
 
 SAMPLE_RATE = 16000
@@ -274,32 +282,75 @@ def rms_db(samples: np.ndarray) -> float:
     return float(10.0 * np.log10(np.mean(np.square(samples, dtype=np.float64)) + 1e-20))
 
 
-class AsrEngine:
-    """Transcribes lists of segments; ``transcribe`` batches, ``transcribe_sequential`` is the baseline."""
+def log_mels(batch: Sequence[np.ndarray], windows: Sequence[int], n_mels: int) -> list[torch.Tensor]:
+    """Each segment's log-mel spectrogram in its window (whisper's own feature code, so both backends see the
+    very same features; padding with silence adds no new maximum, so the normalisation is the 30 s window's)."""
+    return [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(np.ascontiguousarray(s)), w),
+                                        n_mels)[:, : w // HOP_LENGTH] for s, w in zip(batch, windows, strict=True)]
 
-    def __init__(self, model: Whisper, model_name: str, config: EngineConfig | None = None) -> None:
-        self.model = model.eval()
-        # Faster decoding steps, same results (see the classes); swapping classes keeps the loaded weights.
-        if type(model.decoder) is TextDecoder:
-            model.decoder.__class__ = _FastLogitsDecoder
-        if type(model.encoder) is AudioEncoder:
-            model.encoder.__class__ = _ShortWindowEncoder
-        for block in model.decoder.blocks:
-            if block.cross_attn is not None and type(block.cross_attn) is MultiHeadAttention:
-                block.cross_attn.__class__ = _GroupedCrossAttention
-        self.model_name = model_name
-        self.cfg = config or EngineConfig()
-        self.language = self.cfg.language or ("en" if not model.is_multilingual else None)
+
+def audio_seed(samples: np.ndarray) -> int:
+    """The fallback sampler's seed: CRC-32 of the samples, so a replay of the same audio samples the same."""
+    return zlib.crc32(np.ascontiguousarray(samples, np.float32).tobytes())
+
+
+def clamped_words(alignment: list[WordTiming], duration: float) -> tuple[Word, ...]:
+    """Aligned words with punctuation glued on (as ``whisper.transcribe``), times clamped to the segment
+    (DTW can overshoot it); the same shape whichever backend aligned them."""
+    merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+    words = []
+    for w in alignment:
+        if not w.word.strip():
+            continue  # merge_punctuations leaves emptied entries behind
+        start = min(max(float(w.start), 0.0), duration)
+        words.append(Word(w.word.strip(), round(start, 3), round(min(max(float(w.end), start), duration), 3),
+                          round(float(w.probability), 4)))
+    return tuple(words)
+
+
+class Decoded(Protocol):
+    """What a backend's decoder call yields per segment (``whisper.DecodingResult`` has these fields)."""
+
+    text: str
+    tokens: list[int]
+    language: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+
+
+class SpeechEngine(ABC):
+    """The engine's contract and rules (module doc: gates, context, window, recheck, fallback, batching), over a
+    backend that decodes: :class:`AsrEngine` (openai-whisper on torch) or ``models.asr_ct2.Ct2AsrEngine``.
+
+    A backend supplies three steps, each with the semantics the rules assume: ``_run`` (beam search at
+    temperature 0 of segments padded to the given windows, batch-independent), ``_fallback`` (seeded sampling
+    of one looping segment) and ``_words`` (cross-attention alignment of decoded tokens)."""
+
+    model_name: str
+    cfg: EngineConfig
+    _model_language: str | None  # "en" for ".en" models, None (detect per segment) for multilingual ones
+
+    @property
+    def language(self) -> str | None:
+        return self.cfg.language or self._model_language
+
+    def with_config(self, config: EngineConfig) -> Self:
+        """The same loaded model under other settings (benches and tests compare configurations)."""
+        twin = copy.copy(self)
+        twin.cfg = config
+        return twin
 
     def transcribe(self, segments: Sequence[np.ndarray], word_timestamps: Sequence[bool] | None = None,
                    contexts: Sequence[Context | None] | None = None) -> list[Transcription]:
         """One result per segment, in order; segments failing the energy gate are never decoded.
 
         ``word_timestamps[i]`` asks for segment i's word timings (default: none). ``contexts[i]``: what was said
-        just before segment i (module doc). A segment in context is decoded in its own call (its prefix is its
-        own; whisper's decoder has no padding mask to line up prefixes of different lengths in one batch), and
-        only when it wants no word timings (the alignment would have to skip the context) and the context and
-        the segment fit whisper's 30 s window together; otherwise it is decoded alone."""
+        just before segment i (module doc). Segments in context share decoder calls where the backend can line
+        up prefixes of different lengths (CT2; whisper's decoder on torch has no padding mask, so there each
+        prefix gets its own call), and a segment is decoded in context only when it wants no word timings (the
+        alignment would have to skip the context) and the context and the segment fit whisper's 30 s window
+        together; otherwise it is decoded alone."""
         wants = list(word_timestamps) if word_timestamps is not None else [False] * len(segments)
         before = list(contexts) if contexts is not None else [None] * len(segments)
         if len(wants) != len(segments) or len(before) != len(segments):
@@ -315,8 +366,11 @@ class AsrEngine:
             else:
                 todo.append(i)
         in_context = [i for i in todo if self._fits(segments[i], before[i]) and not wants[i]]
-        for i in in_context:
-            results[i] = self._decode_in_context(segments[i], before[i])  # type: ignore[arg-type]
+        for start in range(0, len(in_context), self.cfg.batch_size):
+            idx = in_context[start : start + self.cfg.batch_size]
+            decoded = self._decode_in_context([segments[i] for i in idx], [before[i] for i in idx])  # type: ignore[misc]
+            for i, res in zip(idx, decoded, strict=True):
+                results[i] = res
         chosen = set(in_context)
         alone = [i for i in todo if i not in chosen]
         for start in range(0, len(alone), self.cfg.batch_size):
@@ -331,34 +385,43 @@ class AsrEngine:
         return bool(context and context.text and context.audio.size
                     and context.audio.size + segment.size <= MAX_SEGMENT_S * SAMPLE_RATE)
 
-    def _decode_in_context(self, segment: np.ndarray, context: Context) -> Transcription:
-        """The context's audio in front, its text as the forced prefix; a doubtful result (module doc), or
+    def _decode_in_context(self, segments: list[np.ndarray], contexts: list[Context]) -> list[Transcription]:
+        """Each context's audio in front, its text as the forced prefix; a doubtful result (module doc), or
         one that loops, is decoded again alone."""
-        [r] = self._decode([np.concatenate([context.audio, segment])], [False], prefix=context.text)
-        doubtful = r.gated == "repetition" or (r.gated is None and (
-            (r.avg_logprob or 0.0) < self.cfg.context_logprob_threshold or _rereads(r.text, context.text)))
-        return self._decode([segment], [False])[0] if doubtful else r
+        out = self._decode([np.concatenate([c.audio, s]) for s, c in zip(segments, contexts, strict=True)],
+                           [False] * len(segments), [c.text for c in contexts])
+        doubtful = [i for i, (r, c) in enumerate(zip(out, contexts, strict=True)) if r.gated == "repetition" or (
+            r.gated is None and ((r.avg_logprob or 0.0) < self.cfg.context_logprob_threshold
+                                 or _rereads(r.text, c.text)))]
+        if doubtful:
+            again = self._decode([segments[i] for i in doubtful], [False] * len(doubtful))
+            for i, r in zip(doubtful, again, strict=True):
+                out[i] = r
+        return out
 
     def transcribe_sequential(self, segments: Sequence[np.ndarray]) -> list[Transcription]:
         """Same results one segment per decoder call: the baseline the batched path is measured against."""
         return [r for seg in segments for r in self.transcribe([seg])]
 
-    def _decode(self, batch: list[np.ndarray], wants: list[bool], prefix: str = "") -> list[Transcription]:
-        """``prefix``: decode as the continuation of this text (one segment, whose audio begins with it); a
+    def _decode(self, batch: list[np.ndarray], wants: list[bool],
+                prefixes: list[str] | None = None) -> list[Transcription]:
+        """``prefixes[i]``: decode segment i as the continuation of this text (its audio begins with that speech); a
         looping result is then reported as gated "repetition" for the caller to decode alone."""
+        prefixes = prefixes or [""] * len(batch)
         full = int(MAX_SEGMENT_S * SAMPLE_RATE)
         windows = [encoder_window(s.size, self.cfg.window_step_s, self.cfg.window_margin_s) for s in batch]
-        decoded, mel = self._run(batch, windows, prefix)
+        decoded, mel = self._run(batch, windows, prefixes)
         # A short window raises no_speech_prob (module doc): a doubtful one is decoded again in whisper's 30 s
         # window, so the gates below judge it as they were calibrated.
         recheck = [i for i, r in enumerate(decoded) if windows[i] < full and (
             r.no_speech_prob > self.cfg.window_recheck_no_speech or _repeats_a_run(r.text))]
         if recheck:
-            again, again_mel = self._run([batch[i] for i in recheck], [full] * len(recheck), prefix)
+            again, again_mel = self._run([batch[i] for i in recheck], [full] * len(recheck),
+                                         [prefixes[i] for i in recheck])
             for i, r, m in zip(recheck, again, again_mel, strict=True):
                 decoded[i], mel[i] = r, m
         out = []
-        for r, seg, seg_mel, want in zip(decoded, batch, mel, wants, strict=True):
+        for r, seg, seg_mel, want, prefix in zip(decoded, batch, mel, wants, prefixes, strict=True):
             silent = r.no_speech_prob > self.cfg.no_speech_hard or (
                 r.no_speech_prob > self.cfg.no_speech_threshold and r.avg_logprob < self.cfg.logprob_threshold
             )
@@ -381,22 +444,54 @@ class AsrEngine:
             ))
         return out
 
+    @abstractmethod
     def _run(self, batch: list[np.ndarray], windows: list[int],
-             prefix: str) -> tuple[list[whisper.DecodingResult], list[torch.Tensor]]:
+             prefixes: list[str]) -> tuple[list[Decoded], list[Any]]:
+        """Beam search (temperature 0) of ``batch``, each segment padded to its own window and forced to go on
+        after its prefix ("" none); the result of a segment must not depend on the others in its batch.
+        Returns the results and each segment's features (passed back to ``_fallback`` and ``_words``)."""
+
+    @abstractmethod
+    def _fallback(self, samples: np.ndarray, features: Any) -> Decoded | None:
+        """Best-of-n sampling at rising temperatures, seeded by :func:`audio_seed`: the first result whose
+        compression ratio is under the threshold, else None."""
+
+    @abstractmethod
+    def _words(self, samples: np.ndarray, features: Any, result: Decoded) -> tuple[Word, ...]:
+        """Word timings of ``result``'s tokens in ``samples`` (see :func:`clamped_words`)."""
+
+
+class AsrEngine(SpeechEngine):
+    """The openai-whisper (torch) backend; ``transcribe_sequential`` is the batching baseline."""
+
+    def __init__(self, model: Whisper, model_name: str, config: EngineConfig | None = None) -> None:
+        self.model = model.eval()
+        # Faster decoding steps, same results (see the classes); swapping classes keeps the loaded weights.
+        if type(model.decoder) is TextDecoder:
+            model.decoder.__class__ = _FastLogitsDecoder
+        if type(model.encoder) is AudioEncoder:
+            model.encoder.__class__ = _ShortWindowEncoder
+        for block in model.decoder.blocks:
+            if block.cross_attn is not None and type(block.cross_attn) is MultiHeadAttention:
+                block.cross_attn.__class__ = _GroupedCrossAttention
+        self.model_name = model_name
+        self.cfg = config or EngineConfig()
+        self._model_language = None if model.is_multilingual else "en"
+
+    def _run(self, batch: list[np.ndarray], windows: list[int],
+             prefixes: list[str]) -> tuple[list[whisper.DecodingResult], list[torch.Tensor]]:
         """Beam-search ``batch`` (temperature 0), each segment padded to its own window: segments of one window
-        length share a decoder call. A segment's window depends on its own length only, never on its batch,
-        so a replay gives the same tokens however the segments were batched."""
-        n_mels = self.model.dims.n_mels
-        mel = [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(np.ascontiguousarray(s)), w),
-                                           n_mels)[:, : w // HOP_LENGTH] for s, w in zip(batch, windows, strict=True)]
+        length and one prefix share a decoder call. A segment's window depends on its own length only, never
+        on its batch, so a replay gives the same tokens however the segments were batched."""
+        mel = log_mels(batch, windows, self.model.dims.n_mels)
         beams = self.cfg.beam_size if self.cfg.beam_size and self.cfg.beam_size > 1 else None
-        options = whisper.DecodingOptions(
-            task="transcribe", language=self.language, temperature=0.0, beam_size=beams, fp16=False,
-            without_timestamps=True, prefix=prefix or None,
-        )
         decoded: list[whisper.DecodingResult | None] = [None] * len(batch)
-        for w in sorted(set(windows)):
-            idx = [i for i, x in enumerate(windows) if x == w]
+        for w, prefix in sorted(set(zip(windows, prefixes, strict=True))):
+            idx = [i for i, key in enumerate(zip(windows, prefixes, strict=True)) if key == (w, prefix)]
+            options = whisper.DecodingOptions(
+                task="transcribe", language=self.language, temperature=0.0, beam_size=beams, fp16=False,
+                without_timestamps=True, prefix=prefix or None,
+            )
             with torch.inference_mode():
                 got = _BatchedDecodingTask(self.model, options).run(torch.stack([mel[i] for i in idx])
                                                                     .to(self.model.device))
@@ -410,7 +505,7 @@ class AsrEngine:
 
         Deterministic: the sampler is seeded from the audio (CRC-32 of its samples) in a forked RNG, and the
         segment is decoded alone, so the same audio gives the same text whatever batch it arrived in."""
-        seed = zlib.crc32(np.ascontiguousarray(samples, np.float32).tobytes())
+        seed = audio_seed(samples)
         for k, temperature in enumerate(self.cfg.fallback_temperatures):
             options = whisper.DecodingOptions(
                 task="transcribe", language=self.language, temperature=temperature, best_of=self.cfg.best_of,
@@ -424,28 +519,29 @@ class AsrEngine:
         return None
 
     def _words(self, samples: np.ndarray, mel: torch.Tensor, result: whisper.DecodingResult) -> tuple[Word, ...]:
-        """Align the decoded tokens to the audio; times are clamped to the segment (DTW can overshoot it)."""
+        """whisper's own alignment (``whisper.timing.find_alignment``) of the decoded tokens."""
         tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
                                   language=result.language or self.language or "en", task="transcribe")
         text_tokens = [t for t in result.tokens if t < tokenizer.eot]
         if not text_tokens:
             return ()
-        duration = samples.size / SAMPLE_RATE
         alignment = find_alignment(self.model, tokenizer, text_tokens, mel.to(self.model.device),
                                    max(1, samples.size // HOP_LENGTH))
-        merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
-        words = []
-        for w in alignment:
-            if not w.word.strip():
-                continue  # merge_punctuations leaves emptied entries behind
-            start = min(max(float(w.start), 0.0), duration)
-            words.append(Word(w.word.strip(), round(start, 3), round(min(max(float(w.end), start), duration), 3),
-                              round(float(w.probability), 4)))
-        return tuple(words)
+        return clamped_words(alignment, samples.size / SAMPLE_RATE)
 
 
-def load_engine(spec: str = "tiny.en", config: EngineConfig | None = None, threads: int | None = 1) -> AsrEngine:
-    """Load once at worker start (seconds; converts and caches shipped CT2 weights on first use)."""
+def load_engine(spec: str = "tiny.en", config: EngineConfig | None = None, threads: int | None = 1,
+                backend: str = "torch") -> SpeechEngine:
+    """Load once at worker start (seconds; converts and caches shipped CT2 weights on first use for torch).
+
+    ``backend``: "torch" (openai-whisper; ``threads`` sets torch's process-wide thread count, None leaves it)
+    or "ct2" (``models.asr_ct2``; ``threads`` are CTranslate2's intra-op threads, None its default)."""
+    if backend == "ct2":
+        from models.asr_ct2 import load_ct2_engine
+
+        return load_ct2_engine(spec, config, threads)
+    if backend != "torch":
+        raise ValueError(f"unknown ASR backend {backend!r}; expected ct2 or torch")
     from models.whisper_loader import load_whisper, model_label
 
     if threads:

