@@ -103,13 +103,13 @@ class Ct2AsrEngine(SpeechEngine):
         return get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
                              language=language or "en", task="transcribe")
 
-    def _prompt(self, language: str, prefix: str) -> list[int]:
-        """SOT sequence + no-timestamps, then the prefix's tokens (whisper's ``DecodingOptions.prefix``)."""
+    def _prompt(self, language: str, prefix: str) -> tuple[list[int], int]:
+        """SOT sequence + no-timestamps, then the prefix's tokens (whisper's ``DecodingOptions.prefix``); and how
+        many prefix tokens that is (CT2 returns them in front of the decoded ones)."""
         tokenizer = self._tokenizer(language)
         tokens = list(tokenizer.sot_sequence_including_notimestamps)
-        if not prefix.strip():
-            return tokens
-        return tokens + tokenizer.encode(" " + prefix.strip())[-MAX_PREFIX_TOKENS:]
+        forced = tokenizer.encode(" " + prefix.strip())[-MAX_PREFIX_TOKENS:] if prefix.strip() else []
+        return tokens + forced, len(forced)
 
     def _languages(self, features: ctranslate2.StorageView, n: int) -> list[str]:
         if self.language:
@@ -138,14 +138,13 @@ class Ct2AsrEngine(SpeechEngine):
             idx = [i for i, (x, p) in enumerate(zip(windows, prefixes, strict=True)) if (x, bool(p)) == (w, in_context)]
             features = _storage(np.stack([mels[i] for i in idx]))
             languages = self._languages(features, len(idx))
-            prompts = [self._prompt(lang, prefixes[i]) for i, lang in zip(idx, languages, strict=True)]
-            forced = [len(p) - len(self._tokenizer(lang).sot_sequence_including_notimestamps)
-                      for p, lang in zip(prompts, languages, strict=True)]
+            prompts, forced = zip(*(self._prompt(lang, prefixes[i]) for i, lang in zip(idx, languages, strict=True)),
+                                  strict=True)
             # CT2 counts a forced prefix in max_length, whisper's sample_len only decoded tokens. A limit of the
             # call's longest prefix would tie a segment's limit to its batch, so calls in context get room for
             # the longest prefix allowed (each writes at least whisper's 224 tokens) and calls alone exactly 224.
             limit = MAX_NEW_TOKENS + (MAX_PREFIX_TOKENS if in_context else 0)
-            got = self.model.generate(features, prompts, beam_size=beams, max_length=limit,
+            got = self.model.generate(features, list(prompts), beam_size=beams, max_length=limit,
                                       length_penalty=LENGTH_PENALTY, return_scores=True, return_no_speech_prob=True)
             for i, lang, n, r in zip(idx, languages, forced, got, strict=True):
                 decoded[i] = self._result(r.sequences_ids[0], r.scores[0], r.no_speech_prob, lang, n)
@@ -159,7 +158,7 @@ class Ct2AsrEngine(SpeechEngine):
         sampler = self._replica()  # its worker thread seeds its generator from the seed just set
         features = _storage(mel[None])
         [language] = self._languages(features, 1)
-        prompt = self._prompt(language, "")
+        prompt, _ = self._prompt(language, "")
         for temperature in self.cfg.fallback_temperatures:
             [r] = sampler.generate(features, [prompt], beam_size=1, sampling_topk=0,
                                    sampling_temperature=temperature, num_hypotheses=self.cfg.best_of,
