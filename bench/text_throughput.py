@@ -62,10 +62,13 @@ def records_for(texts: list[str], prefix: str, topic: str = topics.TEXT_IN) -> l
 
 
 def wait_outputs(settings: Settings, bootstrap: str, topic: str, prefix: str, want: int,
-                 timeout_s: float) -> dict[str, tuple[float, dict]]:
-    """id → (receive time, event) for outputs whose id starts with prefix."""
+                 timeout_s: float, fetch_max_wait_ms: int = 500) -> dict[str, tuple[float, dict]]:
+    """id → (receive time, event) for outputs whose id starts with prefix. The latency phase reads with short
+    fetch waits: the embedded broker holds a waiting fetch for its full wait, which added ~110 ms to every
+    latency this bench measured. The throughput phase does not: polling every 10 ms took CPU from the worker."""
     got: dict[str, tuple[float, dict]] = {}
-    for rec in read_topic(settings, bootstrap, topic, timeout_s=timeout_s, stop=lambda _r: len(got) >= want):
+    for rec in read_topic(settings, bootstrap, topic, timeout_s=timeout_s, stop=lambda _r: len(got) >= want,
+                          fetch_max_wait_ms=fetch_max_wait_ms):
         event = json.loads(rec.value)
         if event["id"].startswith(prefix):
             got.setdefault(event["id"], (time.time(), event))
@@ -73,12 +76,19 @@ def wait_outputs(settings: Settings, bootstrap: str, topic: str, prefix: str, wa
 
 
 def run_pipeline(settings: Settings, bootstrap: str, texts: list[str], rate_fraction: float, latency_s: float,
-                 log_dir: Path) -> dict:
-    worker = WorkerProcess(bootstrap, log_dir, app_id=f"bench-{uuid.uuid4().hex[:6]}").start()
+                 log_dir: Path, app_id: str, workers: int = 1, threads: int = 0) -> dict:
+    """``app_id`` is the same for every run of one bench: each fresh worker resumes at the committed offsets of
+    the one before, instead of first re-reading every earlier run's inputs (a new group starts at the earliest
+    offset, which made each run slower than the last). ``workers`` > 1: that many worker processes in the group
+    (text.in's partitions split between them), each on ``threads`` torch threads (0: the worker's default)."""
+    env = {"STREAMSENSE_TORCH_THREADS": str(threads)} if threads else {}
+    started = [WorkerProcess(bootstrap, log_dir, app_id=app_id, env=env).start() for _ in range(workers)]
     try:
         warm = f"warm-{uuid.uuid4().hex[:6]}"
         send_all(make_producer(settings, bootstrap), records_for(texts[:64], warm))
-        wait_outputs(settings, bootstrap, topics.TEXT_ENRICHED, warm, 64, timeout_s=180)  # models loaded, group joined
+        for worker in started:  # models loaded, group joined by all
+            worker.wait_ready(timeout_s=180)
+        wait_outputs(settings, bootstrap, topics.TEXT_ENRICHED, warm, 64, timeout_s=180)
 
         prefix = f"bench-{uuid.uuid4().hex[:6]}"
         records = records_for(texts, prefix)
@@ -108,7 +118,8 @@ def run_pipeline(settings: Settings, bootstrap: str, texts: list[str], rate_frac
 
         sender = threading.Thread(target=pace)
         sender.start()
-        paced_out = wait_outputs(settings, bootstrap, topics.TEXT_ENRICHED, paced, n_paced, timeout_s=latency_s + 120)
+        paced_out = wait_outputs(settings, bootstrap, topics.TEXT_ENRICHED, paced, n_paced, timeout_s=latency_s + 120,
+                                 fetch_max_wait_ms=10)
         sender.join()
         producer.close()
         lat = [recv * 1000 - ev["ts"] + ev["latency_ms"] for recv, ev in paced_out.values()]
@@ -119,7 +130,8 @@ def run_pipeline(settings: Settings, bootstrap: str, texts: list[str], rate_frac
             "outputs": {k[len(prefix) + 1:]: ev for k, (_t, ev) in out.items()},
         }
     finally:
-        worker.stop()
+        for worker in started:
+            worker.stop()
 
 
 def run_naive(settings: Settings, bootstrap: str, texts: list[str]) -> dict:
@@ -192,6 +204,8 @@ def main() -> int:
     ap.add_argument("--rate-fraction", type=float, default=0.8, help="paced rate as a fraction of throughput")
     ap.add_argument("--latency-seconds", type=float, default=15.0)
     ap.add_argument("--runs", type=int, default=3, help="runs of each side; medians are reported")
+    ap.add_argument("--workers", type=int, default=1, help="text worker processes in the consumer group")
+    ap.add_argument("--threads", type=int, default=0, help="each worker's STREAMSENSE_TORCH_THREADS (0: default)")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -201,7 +215,8 @@ def main() -> int:
     settings = Settings.from_env()
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {len(texts)} held-out tweets; "
           f"text batch {settings.text_batch_size} / {settings.text_batch_ms} ms, "
-          f"STREAMSENSE_TORCH_THREADS={settings.torch_threads}", flush=True)
+          f"{args.workers} worker(s), torch threads {args.threads or 'default'}", flush=True)
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
     fast_runs: list[dict] = []
     naive_runs: list[dict] = []
     with EmbeddedBroker(tansu_bin=settings.tansu_bin) as broker:
@@ -210,7 +225,8 @@ def main() -> int:
         ensure_topics(settings, broker.bootstrap, [BASELINE_IN, BASELINE_OUT])
         for run in range(1, args.runs + 1):
             print(f"run {run}/{args.runs}: streamsense pipeline: starting worker...", flush=True)
-            fast = run_pipeline(settings, broker.bootstrap, texts, args.rate_fraction, args.latency_seconds, log_dir)
+            fast = run_pipeline(settings, broker.bootstrap, texts, args.rate_fraction, args.latency_seconds, log_dir,
+                                app_id, args.workers, args.threads)
             print(f"run {run}: streamsense pipeline: {fast['events']} events in {fast['seconds']:.2f} s = "
                   f"{fast['throughput']:.1f} events/s; at {fast['rate']:.0f} events/s steady "
                   f"({args.rate_fraction:.0%}): p50 {fast['p50_ms']:.0f} ms, p99 {fast['p99_ms']:.0f} ms end to end",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from models.enrichment import TextEnricher
 from models.text_types import Entity, Sentiment
 from models.token_ner import MiniLMNER
 from streams.contracts.settings import Settings
-from streams.runtime.worker import TEXT_MAX_THREADS, torch_threads
+from streams.runtime.worker import TEXT_MAX_THREADS, build_on_model_threads, torch_threads
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,28 @@ from streams.runtime.worker import TEXT_MAX_THREADS, torch_threads
 )
 def test_default_torch_threads(names: list[str], ner: str, cpus: int, want: int) -> None:
     assert torch_threads(Settings(ner_model=ner), names, cpus=cpus) == want
+
+
+def test_each_processor_is_built_on_the_thread_that_will_run_it() -> None:
+    """torch's OpenMP slows every team down once a second thread has run a parallel region (worker.py), so a
+    model is loaded on its processor's model thread, never on the main thread or another processor's."""
+    built_on: dict[str, threading.Thread] = {}
+
+    def builder(name: str) -> Callable[[Settings, object], object]:
+        def build(settings: Settings, progress: object) -> object:
+            built_on[name] = threading.current_thread()
+            return name
+
+        return build
+
+    processors, threads = build_on_model_threads(Settings(), ["text", "recs"], lambda _line: None,
+                                                 builders={"text": builder("text"), "recs": builder("recs")})
+    assert processors == ["text", "recs"]
+    for name, pool in threads.items():
+        assert pool.submit(threading.current_thread).result() is built_on[name]
+        pool.shutdown()
+    assert built_on["text"] is not built_on["recs"]
+    assert threading.main_thread() not in built_on.values()
 
 
 def test_explicit_torch_threads_win() -> None:
