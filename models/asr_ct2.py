@@ -43,7 +43,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import ctranslate2
 import numpy as np
@@ -70,8 +72,10 @@ MAX_NEW_TOKENS = 224
 MAX_PREFIX_TOKENS = 128
 TOKENS_PER_SECOND = SAMPLE_RATE / HOP_LENGTH / 2  # encoder frames per second: the alignment's time unit
 LENGTH_PENALTY = 1.0  # CT2's default: scores are cumulative log-probabilities over length ** this
-# intra-op threads when the caller names none: on 2 cores, 2 threads cut a 15 s window's encode+decode from
-# 0.63 to 0.53 s and kept 4 streams under 3 s p95 where 1 thread did not always (bench/asr_streaming.py)
+# threads when the caller names none. Each is a model replica on one intra-op thread (CT2's inter_threads), and a
+# call's segments are split between them: on 2 cores, 6 segments of 10 s took 0.39 s on 2 replicas against
+# 0.55-0.63 s on one replica with 2 intra-op threads (whose small decoding GEMMs barely use the second thread);
+# the results are the same, since each segment's result does not depend on its batch
 DEFAULT_THREADS = 2
 
 
@@ -94,6 +98,7 @@ class Ct2AsrEngine(SpeechEngine):
     def __init__(self, model: ctranslate2.models.Whisper, model_name: str, config: EngineConfig | None = None,
                  replica: Callable[[], ctranslate2.models.Whisper] | None = None) -> None:
         self.model = model
+        self.replicas = max(1, model.num_workers)
         self.model_name = model_name
         self.cfg = config or EngineConfig()
         self._model_language = None if model.is_multilingual else "en"
@@ -136,19 +141,29 @@ class Ct2AsrEngine(SpeechEngine):
         decoded: list[Ct2Decoded | None] = [None] * len(batch)
         for w, in_context in sorted({(w, bool(p)) for w, p in zip(windows, prefixes, strict=True)}):
             idx = [i for i, (x, p) in enumerate(zip(windows, prefixes, strict=True)) if (x, bool(p)) == (w, in_context)]
-            features = _storage(np.stack([mels[i] for i in idx]))
-            languages = self._languages(features, len(idx))
+            stacked = np.stack([mels[i] for i in idx])
+            languages = self._languages(_storage(stacked), len(idx))
             prompts, forced = zip(*(self._prompt(lang, prefixes[i]) for i, lang in zip(idx, languages, strict=True)),
                                   strict=True)
             # CT2 counts a forced prefix in max_length, whisper's sample_len only decoded tokens. A limit of the
             # call's longest prefix would tie a segment's limit to its batch, so calls in context get room for
             # the longest prefix allowed (each writes at least whisper's 224 tokens) and calls alone exactly 224.
             limit = MAX_NEW_TOKENS + (MAX_PREFIX_TOKENS if in_context else 0)
-            got = self.model.generate(features, list(prompts), beam_size=beams, max_length=limit,
-                                      length_penalty=LENGTH_PENALTY, return_scores=True, return_no_speech_prob=True)
+            got = self._generate(stacked, list(prompts), beam_size=beams, max_length=limit,
+                                 length_penalty=LENGTH_PENALTY, return_scores=True, return_no_speech_prob=True)
             for i, lang, n, r in zip(idx, languages, forced, got, strict=True):
                 decoded[i] = self._result(r.sequences_ids[0], r.scores[0], r.no_speech_prob, lang, n)
         return decoded, mels  # type: ignore[return-value]
+
+    def _generate(self, mels: np.ndarray, prompts: list[list[int]], **options: Any) -> list[Any]:
+        """``generate`` with the batch split between the model's replicas, which decode their parts at once."""
+        parts = min(self.replicas, len(prompts))
+        if parts <= 1:
+            return list(self.model.generate(_storage(mels), prompts, **options))
+        bounds = np.linspace(0, len(prompts), parts + 1).astype(int)
+        pending = [self.model.generate(_storage(mels[a:b]), prompts[a:b], asynchronous=True, **options)
+                   for a, b in pairwise(bounds.tolist())]
+        return [r.result() for part in pending for r in part]
 
     def _fallback(self, samples: np.ndarray, mel: np.ndarray) -> Ct2Decoded | None:
         """Best-of-n sampling at rising temperatures in a fresh replica seeded from the audio (module doc)."""
@@ -221,10 +236,11 @@ def ct2_model_source(spec: str) -> tuple[str, dict[str, bytes] | None]:
 
 def load_ct2_engine(spec: str = "tiny.en", config: EngineConfig | None = None, threads: int | None = None,
                     compute_type: str = "int8") -> Ct2AsrEngine:
-    """Load once at worker start (under a second for tiny.en); ``threads``: CT2 intra-op threads."""
-    def load() -> ctranslate2.models.Whisper:  # the source is read again, so joined parts are not kept
+    """Load once at worker start (under a second for tiny.en); ``threads``: CT2 replicas on one thread each
+    (``DEFAULT_THREADS``). The fallback's sampler is a single replica (module doc)."""
+    def load(replicas: int = 1) -> ctranslate2.models.Whisper:  # the source is read again: joined parts not kept
         path, files = ct2_model_source(spec)
-        return ctranslate2.models.Whisper(path, device="cpu", compute_type=compute_type, inter_threads=1,
-                                          intra_threads=threads or DEFAULT_THREADS, files=files)
+        return ctranslate2.models.Whisper(path, device="cpu", compute_type=compute_type, inter_threads=replicas,
+                                          intra_threads=1, files=files)
 
-    return Ct2AsrEngine(load(), model_label(spec), config, replica=load)
+    return Ct2AsrEngine(load(threads or DEFAULT_THREADS), model_label(spec), config, replica=load)
