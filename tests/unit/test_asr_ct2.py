@@ -77,6 +77,17 @@ def test_a_segment_alone_and_batched_with_others_of_its_window_decodes_the_same(
     assert [r.text for r in engine.transcribe(segments[::-1])] == [r.text for r in batched][::-1]
 
 
+def test_a_batch_split_between_replicas_decodes_as_one_replica_does(engine, segments) -> None:
+    from models.asr_ct2 import DEFAULT_THREADS, load_ct2_engine
+
+    assert engine.replicas == DEFAULT_THREADS == 2  # the default: two single-thread replicas share each call
+    single = load_ct2_engine("tiny.en", threads=1)
+    assert single.replicas == 1
+    assert len(segments) > 2
+    assert [(r.text, r.avg_logprob, r.no_speech_prob) for r in engine.transcribe(segments)] == [
+        (r.text, r.avg_logprob, r.no_speech_prob) for r in single.transcribe(segments)]
+
+
 def test_ct2_int8_reads_what_the_torch_backend_reads(engine, torch_engine, segments) -> None:
     for mine, ref in zip(engine.transcribe(segments), torch_engine.transcribe(segments), strict=True):
         assert wer(ref.text, mine.text) <= 0.1, (ref.text, mine.text)
