@@ -535,7 +535,7 @@ def load_engine(spec: str = "tiny.en", config: EngineConfig | None = None, threa
     """Load once at worker start (seconds; converts and caches shipped CT2 weights on first use for torch).
 
     ``backend``: "torch" (openai-whisper; ``threads`` sets torch's process-wide thread count, None leaves it)
-    or "ct2" (``models.asr_ct2``; ``threads`` are CTranslate2's intra-op threads, None its default)."""
+    or "ct2" (``models.asr_ct2``; ``threads`` are CTranslate2 model replicas on one thread each, None its default)."""
     if backend == "ct2":
         from models.asr_ct2 import load_ct2_engine
 

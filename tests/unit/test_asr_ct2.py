@@ -39,7 +39,7 @@ def segments(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def engine():
-    return load_engine("tiny.en", backend="ct2")
+    return load_engine("tiny.en", backend="ct2", threads=None)  # the worker's default: two replicas
 
 
 @pytest.fixture(scope="module")
