@@ -91,7 +91,10 @@ def test_a_switch_to_negative_tweets_raises_sentiment_drift_and_none_before(own_
     worker = WorkerProcess(own_broker, tmp_path, processors="text,monitor", env=env).start()
     try:
         worker.wait_ready(timeout_s=180)
-        mixed = tweets(600)
+        # A seed whose stream is stationary in the order it is produced: with seed 0 the first 200 entities
+        # happened to be 14% PER against 27% after them, a real shift the NER entity_type signal rightly flagged
+        # whenever the monitor read the stream in produce order (a loaded machine's backlog).
+        mixed = tweets(600, seed=5)
         produce(own_broker, text_records(mixed, prefix="mixed"))
         collect(own_broker, topics.TEXT_ENRICHED, len(mixed), match="mixed-", worker=worker)
         before = stats_of(own_broker, "sentiment", "label", len(mixed) - REFERENCE)
