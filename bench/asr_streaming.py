@@ -257,7 +257,7 @@ def run_phase(k: int, clips: list[Clip], producer, arrivals: Arrivals, worker: W
     cpu1 = cpu_seconds(worker.proc.pid) if worker.proc else float("nan")
 
     latencies: list[float] = []
-    slowest: list[tuple[float, str, str]] = []  # (latency, stream, the final's text), for --verbose
+    timed: list[tuple[float, str, str]] = []  # (latency, stream, the final's text): --verbose names the slowest
     missing = gaps = errs = words = 0
     last_arrival = t0
     texts = {}
@@ -269,7 +269,7 @@ def run_phase(k: int, clips: list[Clip], producer, arrivals: Arrivals, worker: W
                 missing += 1
                 continue
             latencies.append(cover[0] - sent[sid][last_chunk])
-            slowest = sorted([*slowest, (latencies[-1], sid, str(cover[1].get("text", "")))])[-3:]
+            timed.append((latencies[-1], sid, str(cover[1].get("text", ""))))
         events = arrivals.for_stream(sid)
         gaps += sum(1 for _t, e in events if e.get("error"))
         finals = sorted((e for _t, e in events if e.get("final") and not e.get("error")),
@@ -292,7 +292,7 @@ def run_phase(k: int, clips: list[Clip], producer, arrivals: Arrivals, worker: W
         "wer": errs / max(1, words), "errors": errs, "words": words, "audio_s": audio_s, "drain_s": drain,
         "longest_s": longest, "x_realtime": audio_s / drain if drain > 0 else float("nan"),
         "cpu_per_audio_s": (cpu1 - cpu0) / audio_s, "send_lag_s": send_lag, "sustained": sustained,
-        "clips": [clip.name for _s, clip in streams], "texts": texts, "slowest": slowest,
+        "clips": [clip.name for _s, clip in streams], "texts": texts, "slowest": sorted(timed)[-3:],
     }
 
 

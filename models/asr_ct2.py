@@ -116,10 +116,10 @@ class Ct2AsrEngine(SpeechEngine):
         forced = tokenizer.encode(" " + prefix.strip())[-MAX_PREFIX_TOKENS:] if prefix.strip() else []
         return tokens + forced, len(forced)
 
-    def _languages(self, features: ctranslate2.StorageView, n: int) -> list[str]:
+    def _languages(self, mels: np.ndarray) -> list[str]:
         if self.language:
-            return [self.language] * n
-        return [ranked[0][0].strip("<|>") for ranked in self.model.detect_language(features)]
+            return [self.language] * len(mels)
+        return [ranked[0][0].strip("<|>") for ranked in self.model.detect_language(_storage(mels))]
 
     def _result(self, ids: list[int], score: float, no_speech_prob: float, language: str,
                 forced: int = 0) -> Ct2Decoded:
@@ -142,7 +142,7 @@ class Ct2AsrEngine(SpeechEngine):
         for w, in_context in sorted({(w, bool(p)) for w, p in zip(windows, prefixes, strict=True)}):
             idx = [i for i, (x, p) in enumerate(zip(windows, prefixes, strict=True)) if (x, bool(p)) == (w, in_context)]
             stacked = np.stack([mels[i] for i in idx])
-            languages = self._languages(_storage(stacked), len(idx))
+            languages = self._languages(stacked)
             prompts, forced = zip(*(self._prompt(lang, prefixes[i]) for i, lang in zip(idx, languages, strict=True)),
                                   strict=True)
             # CT2 counts a forced prefix in max_length, whisper's sample_len only decoded tokens. A limit of the
@@ -160,9 +160,9 @@ class Ct2AsrEngine(SpeechEngine):
         parts = min(self.replicas, len(prompts))
         if parts <= 1:
             return list(self.model.generate(_storage(mels), prompts, **options))
-        bounds = np.linspace(0, len(prompts), parts + 1).astype(int)
+        bounds = [len(prompts) * k // parts for k in range(parts + 1)]
         pending = [self.model.generate(_storage(mels[a:b]), prompts[a:b], asynchronous=True, **options)
-                   for a, b in pairwise(bounds.tolist())]
+                   for a, b in pairwise(bounds)]
         return [r.result() for part in pending for r in part]
 
     def _fallback(self, samples: np.ndarray, mel: np.ndarray) -> Ct2Decoded | None:
@@ -172,7 +172,7 @@ class Ct2AsrEngine(SpeechEngine):
         ctranslate2.set_random_seed(audio_seed(samples))
         sampler = self._replica()  # its worker thread seeds its generator from the seed just set
         features = _storage(mel[None])
-        [language] = self._languages(features, 1)
+        [language] = self._languages(mel[None])
         prompt, _ = self._prompt(language, "")
         for temperature in self.cfg.fallback_temperatures:
             [r] = sampler.generate(features, [prompt], beam_size=1, sampling_topk=0,

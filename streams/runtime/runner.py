@@ -120,6 +120,11 @@ class OrderedPipeline:
             await asyncio.gather(*list(self._tasks))
 
 
+def model_thread(processor: str) -> ThreadPoolExecutor:
+    """The one thread a processor's models are loaded, restored and run on (worker.py says why it must be one)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{processor}-model")
+
+
 def _timed(work: Callable[[], list[OutRecord]]) -> tuple[list[OutRecord], float]:
     started = time.perf_counter()
     return work(), time.perf_counter() - started
@@ -174,7 +179,7 @@ class ProcessorRunner:
         if self.checkpointed and state is None:
             raise ValueError(f"processor {processor.name!r} is checkpointed but no state store was given")
         self.state = state if self.checkpointed else None
-        self.pool = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{processor.name}-model")
+        self.pool = executor or model_thread(processor.name)
         checkpoint_topics = (processor.state_topic,) if isinstance(processor, Checkpointed) else ()
         self.delivery = Delivery(send, processor=processor.name, max_message_bytes=max_message_bytes,
                                  checkpoint_topics=checkpoint_topics, on_fatal=on_fatal or self._fail_stop)

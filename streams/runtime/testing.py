@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 from processors.base import Checkpointed, Processor, validate
@@ -90,8 +89,7 @@ class InProcessWorker:
         self.loop = asyncio.new_event_loop()
         extra = {} if clock is None else {"clock": clock}
         self.runner = ProcessorRunner(processor, self.sink.send, max_message_bytes=max_message_bytes, state=store,
-                                      on_fatal=self._fail_stop, on_broken=self._broken,
-                                      executor=ThreadPoolExecutor(1, f"{processor.name}-model"), **extra)
+                                      on_fatal=self._fail_stop, on_broken=self._broken, **extra)
         self._state_topic: list[tuple[bytes | None, bytes | None]] = []
         self.handover = Handover([self.runner], self._restore_partitions)
 

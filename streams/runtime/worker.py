@@ -29,7 +29,7 @@ from streams.runtime.handover import Handover
 from streams.runtime.kafka_io import describe_topics, ensure_topics, wait_for_broker
 from streams.runtime.model_updates import ModelUpdateFollower
 from streams.runtime.recovery import inherited_offsets, restore_from_kafka
-from streams.runtime.runner import ProcessorRunner
+from streams.runtime.runner import ProcessorRunner, model_thread
 from streams.runtime.state_store import StateStore
 from streams.runtime.web import Readiness, register_routes, register_worker_pages
 
@@ -197,7 +197,7 @@ def build_on_model_threads(
     regions and pays a wake-up per op. A text worker that loaded its models on the main thread ran its 2-thread
     encoder at ~55% of the speed of one that loads and runs on the same thread (AVX-512 AMD EPYC, 2 cores:
     135 vs 255 texts/s in process; 99 vs 194 events/s through the broker)."""
-    threads = {name: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-model") for name in names}
+    threads = {name: model_thread(name) for name in names}
     return [threads[name].submit(builders[name], settings, progress).result() for name in names], threads
 
 
