@@ -16,12 +16,14 @@ from models.sentiment import (
     MeanPoolBertForSequenceClassification,
     MeanPoolConfig,
     TransformerSentiment,
+    _Outputs,
     int8_speedup,
     length_sorted_batches,
     load_classifier,
     load_sentiment,
     normalize_labels,
     padded_groups,
+    traced_forward,
 )
 from models.sentiment_training import encoder_path, ensure_default_models
 from models.text_types import Sentiment
@@ -342,3 +344,40 @@ def test_metrics_written_next_to_model() -> None:
     metrics = json.loads((model_dir() / HEAD_MODEL / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "n_train", "n_test", "seconds"} <= metrics.keys()
     assert metrics["n_test"] == len(split_tweets().test_texts)
+
+
+def test_the_traced_graph_serves_bit_identical_results(default_model: TransformerSentiment, held_out) -> None:
+    """Served through `traced_forward`; eager gives every probability, embedding and NER state equal to the bit,
+    in batches and one by one."""
+    assert isinstance(default_model._forward, torch.jit.ScriptModule)
+    texts = held_out[0][:40]
+    eager = load_sentiment("default", trace=False)
+    assert isinstance(eager._forward, _Outputs)
+    for batch in (texts, texts[:1], texts[5:8]):
+        ours, our_states = default_model.predict_with_states(batch, (2, 6))
+        theirs, their_states = eager.predict_with_states(batch, (2, 6))
+        assert ours == theirs
+        assert all(np.array_equal(a, b) for a, b in zip(our_states, their_states, strict=True))
+
+
+def test_a_model_that_cannot_be_traced_identically_serves_eagerly(tiny_dir: Path, caplog) -> None:
+    class ValueDependent(torch.nn.Module):
+        """Python control flow on a tensor's value: a trace would freeze the branch the probe took."""
+
+        def __init__(self, runner: torch.nn.Module) -> None:
+            super().__init__()
+            self.runner = runner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool):
+            out = self.runner(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            if int(attention_mask.sum()) > 10:
+                out.logits = -out.logits
+            return out
+
+    model = load_sentiment(str(tiny_dir), quantize=False, trace=False)
+    probes = model._probes()
+    assert int(probes[0][1].sum()) > 10 >= int(probes[1][1].sum())  # the probes take both branches
+    served = traced_forward(ValueDependent(model.runner), probes)
+    assert isinstance(served, _Outputs) and "outputs differ" in caplog.text
+    served = traced_forward(torch.nn.Identity(), probes)  # returns no logits: the tracer fails
+    assert isinstance(served, _Outputs) and "tracing failed" in caplog.text
