@@ -181,7 +181,7 @@ class Settings:
     asr_read_ahead: int = 0
     # processors fed by aiokafka getmany instead of a Faust agent (streams/runtime/batch_source.py): Faust's
     # ~80 us per message capped a recs worker at 6.3-6.9k clicks/s; the monitor reads the same clicks
-    batch_consumer: str = "recs,monitor"
+    batch_consumer: str = "text,recs,monitor"
     recs_batch_size: int = 512
     recs_batch_ms: int = 50
     recs_read_ahead: int = 2  # overlapping training with reading: 5.9k -> 6.3-6.9k clicks/s in one worker
@@ -250,7 +250,7 @@ class Settings:
             asr_batch_size=_env_int(env, "STREAMSENSE_ASR_BATCH_SIZE", 32),
             asr_batch_ms=_env_int(env, "STREAMSENSE_ASR_BATCH_MS", 200, minimum=0),
             asr_read_ahead=_env_int(env, "STREAMSENSE_ASR_READ_AHEAD", 0, minimum=0),
-            batch_consumer=env.get("STREAMSENSE_BATCH_CONSUMER", "recs,monitor"),
+            batch_consumer=env.get("STREAMSENSE_BATCH_CONSUMER", "text,recs,monitor"),
             recs_batch_size=_env_int(env, "STREAMSENSE_RECS_BATCH_SIZE", 512),
             recs_batch_ms=_env_int(env, "STREAMSENSE_RECS_BATCH_MS", 50, minimum=0),
             recs_read_ahead=_env_int(env, "STREAMSENSE_RECS_READ_AHEAD", 2, minimum=0),

@@ -25,11 +25,11 @@ class Streams(Named):
 
 
 def test_the_setting_picks_hosted_processors_and_ignores_the_others() -> None:
-    hosted = [Named("text"), Named("recs")]
-    assert batch_consumers(Settings(), hosted) == {"recs"}  # the default: recs and monitor (not hosted here)
+    hosted = [Named("text"), Named("recs"), Named("retrainer")]
+    assert batch_consumers(Settings(), hosted) == {"text", "recs"}  # the default: text, recs, monitor (not here)
     assert batch_consumers(Settings(batch_consumer="recs, monitor"), hosted) == {"recs"}  # monitor: not here
     assert batch_consumers(Settings(batch_consumer=""), hosted) == set()
-    assert batch_consumers(Settings(batch_consumer="text,recs"), hosted) == {"text", "recs"}
+    assert batch_consumers(Settings(batch_consumer="text,retrainer"), hosted) == {"text", "retrainer"}
 
 
 def test_unknown_names_and_partitioned_state_are_configuration_errors() -> None:
