@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from models.recs.content import TextEncoder, item_text
+from models.recs.covis import CovisTable
 from models.recs.events import ClickEvent, Deduper, event_weight
 from models.recs.index import IndexKind, ItemIndex
 
@@ -142,7 +143,7 @@ class OnlineRecommender:
         self._iidx: dict[str, int] = {}
         self.seen: dict[int, set[int]] = {}
         self.history: dict[int, list[int]] = {}  # latest positive items per user, oldest first
-        self.covis: dict[int, dict[int, int]] = {}  # symmetric item-item co-occurrence counts within user windows
+        self.covis = CovisTable()  # symmetric item-item co-occurrence counts within user windows
         self.popularity = np.zeros(0, np.float64)
         self.dedupe = Deduper(c.dedupe_capacity)
         self._replay_u = np.zeros(c.replay_size, np.int64)
@@ -180,7 +181,7 @@ class OnlineRecommender:
             "users": self.n_users,
             "items": self.n_items,
             "seen_pairs": sum(len(s) for s in self.seen.values()),
-            "covis_entries": sum(len(r) for r in self.covis.values()),
+            "covis_entries": self.covis.n_entries,
             "dedupe_ids": len(self.dedupe),
             "dedupe_capacity": self.dedupe.capacity,
             "dedupe_bytes": self.dedupe.nbytes,
@@ -293,32 +294,13 @@ class OnlineRecommender:
             hist = self.history[u] = []
         elif i in hist:
             return
-        covis = self.covis
-        row_i = covis.get(i)
-        if row_i is None:
-            row_i = covis[i] = {}
-        cap = self.config.covis_row_cap
-        for j in hist:
-            row_i[j] = row_i.get(j, 0) + 1  # ints: counts up to 256 are shared objects, floats are 24 B each
-            row_j = covis[j]  # every item in a history got its row when it was added
-            row_j[i] = row_j.get(i, 0) + 1
-            if len(row_j) > cap:
-                covis[j] = _strongest(row_j, cap // 2)
-        if len(row_i) > cap:
-            covis[i] = _strongest(row_i, cap // 2)
+        self.covis.add(i, hist, self.config.covis_row_cap)
         hist.append(i)
         del hist[: -self.config.covis_window]
 
     def covis_scores(self, uidx: int) -> np.ndarray:
         """log(1 + summed co-occurrence) of every item with the user's latest items."""
-        out = np.zeros(self.n_items, np.float32)
-        for j in self.history.get(uidx, ()):
-            row = self.covis.get(j)
-            if row:
-                out[np.fromiter(row.keys(), np.int64, len(row))] += np.fromiter(
-                    row.values(), np.float32, len(row)
-                )
-        return np.log1p(out)
+        return np.log1p(self.covis.sums(self.history.get(uidx, ()), self.n_items))
 
     def _offer_replay(self, u: np.ndarray, i: np.ndarray, w: np.ndarray) -> None:
         """Reservoir sampling keeps a uniform sample of all past positives in bounded memory; a ring buffer
@@ -553,7 +535,7 @@ class OnlineRecommender:
             "item_ids": list(self.item_ids),
             "seen": {u: sorted(s) for u, s in self.seen.items()},
             "history": {u: list(h) for u, h in self.history.items()},
-            "covis": {i: dict(r) for i, r in self.covis.items()},
+            "covis": self.covis.state(),
             "popularity": self.popularity.copy(),
             "dedupe": self.dedupe.state(),
             "replay": (self._replay_u.copy(), self._replay_i.copy(), self._replay_w.copy(), self._replay_n),
@@ -575,7 +557,7 @@ class OnlineRecommender:
         self._iidx = {i: k for k, i in enumerate(self.item_ids)}
         self.seen = {int(u): set(s) for u, s in state["seen"].items()}
         self.history = {int(u): list(h) for u, h in state["history"].items()}
-        self.covis = {int(i): {j: int(c) for j, c in r.items()} for i, r in state["covis"].items()}
+        self.covis = CovisTable.from_state(state["covis"])
         self.popularity = np.asarray(state["popularity"], np.float64).copy()
         self.dedupe = Deduper.from_state(state["dedupe"], self.config.dedupe_capacity)
         ru, ri, rw, rn = state["replay"]
@@ -595,9 +577,3 @@ class OnlineRecommender:
             self.config.dim + 1, kind=self.config.index_kind, flat_max=self.config.flat_max
         )
         self._item_vecs, self._dirty_all, self._dirty = None, True, set()
-
-
-def _strongest(row: dict[int, int], keep: int) -> dict[int, int]:
-    """The ``keep`` largest counts of a co-occurrence row (ties: the lower item index, so a replay after a
-    restart prunes exactly as the first run did)."""
-    return dict(sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:keep])
