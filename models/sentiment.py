@@ -275,7 +275,7 @@ class _Outputs(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.runner(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return (out.logits, *out.hidden_states)
+        return (out.logits, *(out.hidden_states or ()))  # a hub model may not return hidden states
 
 
 def traced_forward(runner: nn.Module, probes: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
@@ -283,9 +283,10 @@ def traced_forward(runner: nn.Module, probes: Sequence[tuple[torch.Tensor, torch
 
     Why: a streamed batch is often one to five tweets, and then the encoder's time is mostly per-op Python
     and dispatch overhead (~500 ops in the int8 MiniLM), not arithmetic. The traced graph runs the same
-    kernels without the Python: per text, 1 thread, AVX-512 AMD EPYC: batch of 1 7.8 → 5.2 ms, of 4 5.7 →
-    4.3 ms, of 10 5.0 → 4.0 ms, with results equal to the last bit. The probes (padded and unpadded) guard
-    that equality, so a model whose forward branches on shapes or values (a hub model may) stays eager."""
+    kernels without the Python: the encoder alone, per text, 1 thread, AVX-512 AMD EPYC: batch of 1 7.8 →
+    5.2 ms, of 4 5.7 → 4.3 ms, of 10 5.0 → 4.0 ms, with results equal to the last bit. The probes (padded
+    and unpadded) guard that equality, so a model whose forward branches on shapes or values (a hub model may)
+    stays eager."""
     eager = _Outputs(runner).eval()
     # the tracer reads every attribute, properties included: one of transformers' logs a bogus loss warning
     noisy = logging.getLogger("transformers.modeling_utils")
@@ -381,7 +382,7 @@ class TransformerSentiment:
             ):
                 logits, *hidden_states = self._forward(input_ids, mask)
                 out[idx] = (torch.softmax(logits.float(), dim=-1) @ self._fold).numpy()
-                if vectors is not None:
+                if vectors is not None and hidden_states:
                     pooled = mean_pool(hidden_states[-1].float(), mask)
                     vectors[idx] = (pooled @ embedding_projection(pooled.shape[-1])).numpy()
                 if layers:
