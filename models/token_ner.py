@@ -44,13 +44,39 @@ class TaggerHead(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
         """x: (batch, subwords, in_dim); ``lengths`` packs a padded batch so padding never reaches the
-        backward LSTM (a padded batch and one text at a time give the same tags)."""
+        backward LSTM (a padded batch and one text at a time give the same tags). Training runs this."""
         h = self.proj(x)
         if lengths is None:
             return self.out(self.lstm(h)[0])
         packed = nn.utils.rnn.pack_padded_sequence(h, list(lengths), batch_first=True, enforce_sorted=False)
         seq, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])
         return self.out(seq)
+
+    def infer(self, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """`forward`'s logits without packing, for serving: the forward direction runs over the padded batch
+        (padding only follows a row's tokens, so it never reaches them) and the backward direction over each
+        row reversed within its own length (its padding comes last too).
+
+        Why: a packed LSTM steps through the batch with several small ops per time step, a cost that barely
+        shrinks with the batch; two plain LSTM passes run each direction in one native loop. The head alone
+        (1 thread, EPYC-512): 4 texts 5.3-7.2 -> 3.6-4.5 ms, 64 texts equal; the whole enricher per text (same
+        process, medians of 3): alone 10.7 -> 9.0 ms, in 4s 7.9 -> 6.9, in 8s 6.5 -> 6.4, in 64s 5.2 -> 5.2.
+        The same weights and arithmetic per row, so the tags are those of `forward` (floats may differ in the
+        last bits; 2,000 tweets and CoNLL sentences gave identical entities).
+        """
+        h = self.proj(x)
+        steps = torch.arange(x.shape[1])
+        n = torch.tensor(list(lengths))[:, None]
+        order = torch.where(steps < n, n - 1 - steps, steps)[:, :, None].expand(-1, -1, h.shape[2])
+        lstm = self.lstm
+        weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+        back = (lstm.weight_ih_l0_reverse, lstm.weight_hh_l0_reverse, lstm.bias_ih_l0_reverse,
+                lstm.bias_hh_l0_reverse)  # fmt: skip
+        zeros = torch.zeros(1, x.shape[0], lstm.hidden_size)
+        fwd = torch.lstm(h, (zeros, zeros), weights, True, 1, 0.0, False, False, True)[0]
+        bwd = torch.lstm(h.gather(1, order), (zeros, zeros), back, True, 1, 0.0, False, False, True)[0]
+        order = order[:, :, : bwd.shape[2]]
+        return self.out(torch.cat([fwd, bwd.gather(1, order)], dim=2))
 
 
 @functools.cache
@@ -270,13 +296,16 @@ class MiniLMNER:
 
 
 def head_log_probs(head: TaggerHead, inputs: Sequence[torch.Tensor], batch_size: int = 64) -> list[np.ndarray]:
-    """Per-text (subwords, tags) log-probabilities, the head run over padded, packed batches."""
-    out: list[np.ndarray] = []
+    """Per-text (subwords, tags) log-probabilities: the head run (`TaggerHead.infer`) over padded batches of
+    texts of similar length, so that little of a batch is padding."""
+    out: list[np.ndarray] = [np.empty(0)] * len(inputs)
+    by_length = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
     with torch.inference_mode():
         for b in range(0, len(inputs), batch_size):
-            chunk = inputs[b : b + batch_size]
-            lengths = [len(x) for x in chunk]
-            batch = nn.utils.rnn.pad_sequence(list(chunk), batch_first=True)
-            log_probs = torch.log_softmax(head(batch, lengths), dim=-1).numpy()
-            out.extend(log_probs[row, :n] for row, n in enumerate(lengths))
+            rows = by_length[b : b + batch_size]
+            lengths = [len(inputs[i]) for i in rows]
+            batch = nn.utils.rnn.pad_sequence([inputs[i] for i in rows], batch_first=True)
+            log_probs = torch.log_softmax(head.infer(batch, lengths), dim=-1).numpy()
+            for row, (i, n) in enumerate(zip(rows, lengths, strict=True)):
+                out[i] = log_probs[row, :n]
     return out

@@ -7,13 +7,14 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from models.conll import Sentence, parse, score_spans, tag_spans
 from models.enrichment import TextEnricher, load_enricher
 from models.ner import SPACY_NER, load_ner
 from models.sentiment_training import encoder_path, ensure_default_models
-from models.token_ner import TAGS, MiniLMNER, decode_entities, shape_features, subword_labels, viterbi
+from models.token_ner import TAGS, MiniLMNER, TaggerHead, decode_entities, shape_features, subword_labels, viterbi
 
 
 def test_tag_spans_read_iob1_and_iob2() -> None:
@@ -124,3 +125,21 @@ def test_one_encoder_pass_serves_sentiment_and_entities(ner: MiniLMNER) -> None:
     assert [s.label for s, _ in shared] == [s.label for s, _ in separate]
     assert [_pairs(e) for _, e in shared] == [_pairs(e) for _, e in separate]
     assert len(shared[2][1]) >= 60  # entities past the 128th token too: NER encoded that text itself
+
+
+def test_serving_the_head_unpacked_gives_the_packed_tags_for_any_batch() -> None:
+    torch.manual_seed(0)
+    head = TaggerHead(40, proj=16, hidden=8).eval()
+    with torch.inference_mode():
+        for batch in ([7], [3, 11, 5], [12, 1, 12, 4, 9, 2]):
+            x = torch.nn.utils.rnn.pad_sequence([torch.randn(n, 40) for n in batch], batch_first=True)
+            packed, unpacked = head(x, batch), head.infer(x, batch)
+            for row, n in enumerate(batch):
+                assert torch.allclose(packed[row, :n], unpacked[row, :n], atol=1e-5)
+                alone = head.infer(x[row : row + 1, :n], [n])[0]  # the same text with no batch around it
+                assert torch.allclose(alone, unpacked[row, :n], atol=1e-5)
+            # padding is never read: garbage after a row's length changes nothing before it
+            noisy = x.clone()
+            for row, n in enumerate(batch):
+                noisy[row, n:] = 1e3
+            assert torch.allclose(head.infer(noisy, batch)[0, : batch[0]], unpacked[0, : batch[0]], atol=1e-5)
