@@ -154,6 +154,7 @@ class Settings:
     session_timeout_s: int = 6
     broker_wait_s: int = 60  # a starting worker retries an unreachable broker this long (backoff), then exits
     fetch_max_wait_ms: int = 100
+    busy_fetch_max_wait_ms: int = 10
     max_message_bytes: int = 1_048_576  # producers' max.request.size; keep <= the brokers' message.max.bytes
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -227,6 +228,7 @@ class Settings:
             session_timeout_s=_env_int(env, "STREAMSENSE_SESSION_TIMEOUT_S", 6),
             broker_wait_s=_env_int(env, "STREAMSENSE_BROKER_WAIT_S", 60, minimum=0),
             fetch_max_wait_ms=_env_int(env, "STREAMSENSE_FETCH_MAX_WAIT_MS", 100, minimum=0),
+            busy_fetch_max_wait_ms=_env_int(env, "STREAMSENSE_BUSY_FETCH_MAX_WAIT_MS", 10, minimum=0),
             max_message_bytes=_env_int(env, "STREAMSENSE_MAX_MESSAGE_BYTES", 1_048_576, minimum=4096),
             web_host=env.get("STREAMSENSE_WEB_HOST", "127.0.0.1"),
             web_port=_env_int(env, "STREAMSENSE_WEB_PORT", 6066, minimum=0),

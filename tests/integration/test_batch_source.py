@@ -150,3 +150,34 @@ def test_moving_onto_the_batch_path_continues_where_the_previous_group_stopped(b
     again = Sender()
     run_source(broker, app, topic, again, until=lambda: False, timeout_s=8, start_at={(topic, 0): 0, (topic, 1): 0})
     assert again.sent == []  # committed partitions ignore start_at
+
+
+def test_fetches_wait_briefly_while_records_flow_and_long_again_once_idle(broker: str) -> None:
+    topic = f"batch.{uuid.uuid4().hex[:6]}"
+    ensure_topics(Settings(bootstrap=broker), broker, [TopicSpec(topic, "batch path test", partitions=1)])
+    produce(broker, [OutRecord(topic, f"k{i}".encode(), f"v{i}".encode()) for i in range(N)])
+    seen: dict[str, int] = {}
+
+    async def main() -> None:
+        sender = Sender()
+        runner = ProcessorRunner(Echo(topic), sender, max_message_bytes=1_000_000)  # type: ignore[arg-type]
+        settings = Settings(bootstrap=broker, app_id=f"b-{uuid.uuid4().hex[:6]}")
+        source = BatchSource(runner, settings, broker, commit_interval_s=0.2)
+        task = asyncio.create_task(source.run())
+
+        def wait_ms() -> int:  # what the next fetch request asks the broker for (aiokafka's fetcher)
+            return source.consumer._fetcher._fetch_max_wait_ms  # type: ignore[union-attr]
+
+        deadline = time.monotonic() + 60
+        while len(sender.sent) < N and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        seen["busy"] = wait_ms()
+        deadline = time.monotonic() + 30  # IDLE_POLLS empty polls of up to Echo.batch_ms (20 ms) each
+        while wait_ms() != settings.fetch_max_wait_ms and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        seen["idle"] = wait_ms()
+        await source.stop()
+        await task
+
+    asyncio.run(main())
+    assert seen == {"busy": 10, "idle": 100}
