@@ -98,6 +98,7 @@ def run_pipeline(settings: Settings, bootstrap: str, texts: list[str], rate_frac
         t0 = time.time()
         send_all(producer, records)
         produced_s = time.time() - t0
+        producer.close()
         out = wait_outputs(settings, bootstrap, topics.TEXT_ENRICHED, prefix, len(texts), timeout_s=600)
         elapsed = max(ev["_produced_ms"] for _t, ev in out.values()) / 1000 - t0
         throughput = len(out) / elapsed
