@@ -21,9 +21,9 @@ The contract is the Faust agent's (agent.py), so processors and their tests do n
   Why: the embedded broker holds a waiting fetch for its whole wait even when records arrive meanwhile
   (README, the embedded broker's limits), and under a steady stream the consumer's next fetch usually finds
   its partitions just drained, so every record waited up to 100 ms there (2 text workers at 178 events/s: p99
-  492 -> 196 ms in a paired run). A short wait at all times cost ~0.28 of a core when idle (100 fetches/s per
-  consumer, client and broker). Apache Kafka answers a waiting fetch as soon as data arrives, so there this
-  changes nothing but a few more empty fetches right after a busy spell.
+  492 -> 196 ms in a paired run). A short wait at all times cost ~0.28 of a core when idle (a worker running
+  text, recs, monitor and retrainer: its client and the broker together). Apache Kafka answers a waiting fetch
+  as soon as data arrives, so there this changes nothing but a few more empty fetches after a busy spell.
 * only for processors without per-partition state (`PartitionedState`, e.g. ASR streams): their hand-over on
   rebalance is Faust's (handover.py); the worker refuses the combination with a reason.
 """
@@ -66,16 +66,15 @@ def aiokafka_kwargs(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return kwargs
 
 
-def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> bool:
-    """Change how long a started consumer's next fetches wait at the broker; False where this aiokafka has no
-    such attribute (its fetcher reads ``_fetch_max_wait_ms`` into each request it builds; there is no public
-    setter). Then the configured wait simply stays."""
+def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
+    """Change how long a started consumer's next fetches wait at the broker. aiokafka has no public setter: its
+    fetcher reads ``_fetch_max_wait_ms`` into each request it builds (tested in test_batch_source.py, so an
+    aiokafka that renames it is noticed); where it is missing the configured wait simply stays."""
     fetcher = getattr(consumer, "_fetcher", None)
     if fetcher is None or not isinstance(getattr(fetcher, "_fetch_max_wait_ms", None), int):
         log.debug("aiokafka's fetcher has no _fetch_max_wait_ms: the fetch wait stays as configured")
-        return False
+        return
     fetcher._fetch_max_wait_ms = wait_ms
-    return True
 
 
 def raw_record(message: Any) -> RawRecord:
