@@ -35,6 +35,7 @@ class TextEnrichmentProcessor:
 
     name = "text"
     source_topics = (topics.TEXT_IN,)
+    latency_critical = True  # on the batch consumer: short fetch waits while busy (streams/runtime/batch_source.py)
 
     def __init__(
         self,

@@ -16,17 +16,18 @@ The contract is the Faust agent's (agent.py), so processors and their tests do n
   A partition the group has never committed starts at ``start_at`` when given: the worker passes the Faust
   group's commits (recovery.inherited_offsets), so moving a processor onto this path continues where its
   agent stopped instead of at the beginning of the topic.
-* while records keep coming (polls bring ``BUSY_RECORDS`` or more), a fetch that finds nothing waits at most
-  ``busy_fetch_max_wait_ms`` (10 ms) at the broker instead of ``fetch_max_wait_ms`` (100 ms); after
-  ``IDLE_POLLS`` polls with fewer the long wait is back.
+* for a processor marked ``latency_critical`` (text), while records keep coming (polls bring ``BUSY_RECORDS``
+  or more), a fetch that finds nothing waits at most ``busy_fetch_max_wait_ms`` (10 ms) at the broker instead
+  of ``fetch_max_wait_ms`` (100 ms); after ``IDLE_POLLS`` polls with fewer the long wait is back.
   Why: the embedded broker holds a waiting fetch for its whole wait even when records arrive meanwhile
   (README, the embedded broker's limits), and under a steady stream the consumer's next fetch usually finds
   its partitions just drained, so every record waited up to 100 ms there (2 text workers at 178 events/s: p99
   492 -> 196 ms in a paired run). A short wait at all times cost ~0.28 of a core when idle (a worker running
   text, recs, monitor and retrainer: its client and the broker together), and switching at any record cost
   the 10-minute soak (text at 10 events/s, polls of 0-1 records) ~15% of a core across its workers for no
-  lower latency. Apache Kafka answers a waiting fetch as soon as data arrives, so there this changes nothing
-  but a few more empty fetches after a busy spell.
+  lower latency. Recs and the monitor, which batch for throughput, keep the long wait. Apache Kafka answers a
+  waiting fetch as soon as data arrives, so there this changes nothing but a few more empty fetches after a
+  busy spell.
 * only for processors without per-partition state (`PartitionedState`, e.g. ASR streams): their hand-over on
   rebalance is Faust's (handover.py); the worker refuses the combination with a reason.
 """
@@ -109,6 +110,7 @@ class BatchSource:
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
         self._empty_polls = IDLE_POLLS
+        self._paced = bool(getattr(processor, "latency_critical", False))
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         settings = self.settings
@@ -144,7 +146,8 @@ class BatchSource:
             last_commit = time.monotonic()
             while not self._stopping.is_set():
                 fetched = await consumer.getmany(timeout_ms=max(self.batch_ms, 1), max_records=self.batch_size)
-                self._pace_fetches(consumer, busy=sum(map(len, fetched.values())) >= BUSY_RECORDS)
+                if self._paced:
+                    self._pace_fetches(consumer, busy=sum(map(len, fetched.values())) >= BUSY_RECORDS)
                 if fetched:
                     await self._submit(fetched)
                 if time.monotonic() - last_commit >= self.commit_interval_s:

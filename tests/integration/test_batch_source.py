@@ -152,7 +152,8 @@ def test_moving_onto_the_batch_path_continues_where_the_previous_group_stopped(b
     assert again.sent == []  # committed partitions ignore start_at
 
 
-def test_fetches_wait_briefly_while_records_flow_and_long_again_once_idle(broker: str) -> None:
+@pytest.mark.parametrize("latency_critical", [True, False])
+def test_fetches_wait_briefly_while_records_flow_and_long_again_once_idle(broker: str, latency_critical: bool) -> None:
     topic = f"batch.{uuid.uuid4().hex[:6]}"
     ensure_topics(Settings(bootstrap=broker), broker, [TopicSpec(topic, "batch path test", partitions=1)])
     produce(broker, [OutRecord(topic, f"k{i}".encode(), f"v{i}".encode()) for i in range(N)])
@@ -160,7 +161,9 @@ def test_fetches_wait_briefly_while_records_flow_and_long_again_once_idle(broker
 
     async def main() -> None:
         sender = Sender()
-        runner = ProcessorRunner(Echo(topic), sender, max_message_bytes=1_000_000)  # type: ignore[arg-type]
+        echo = Echo(topic)
+        echo.latency_critical = latency_critical  # type: ignore[attr-defined]
+        runner = ProcessorRunner(echo, sender, max_message_bytes=1_000_000)  # type: ignore[arg-type]
         settings = Settings(bootstrap=broker, app_id=f"b-{uuid.uuid4().hex[:6]}")
         source = BatchSource(runner, settings, broker, commit_interval_s=0.2)
         task = asyncio.create_task(source.run())
@@ -180,4 +183,4 @@ def test_fetches_wait_briefly_while_records_flow_and_long_again_once_idle(broker
         await task
 
     asyncio.run(main())
-    assert seen == {"busy": 10, "idle": 100}
+    assert seen == ({"busy": 10, "idle": 100} if latency_critical else {"busy": 100, "idle": 100})
