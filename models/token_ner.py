@@ -67,16 +67,15 @@ class TaggerHead(nn.Module):
         h = self.proj(x)
         steps = torch.arange(x.shape[1])
         n = torch.tensor(list(lengths))[:, None]
-        order = torch.where(steps < n, n - 1 - steps, steps)[:, :, None].expand(-1, -1, h.shape[2])
+        order = torch.where(steps < n, n - 1 - steps, steps)[:, :, None]  # (rows, steps, 1): each row's reversal
         lstm = self.lstm
         weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
         back = (lstm.weight_ih_l0_reverse, lstm.weight_hh_l0_reverse, lstm.bias_ih_l0_reverse,
                 lstm.bias_hh_l0_reverse)  # fmt: skip
         zeros = torch.zeros(1, x.shape[0], lstm.hidden_size)
         fwd = torch.lstm(h, (zeros, zeros), weights, True, 1, 0.0, False, False, True)[0]
-        bwd = torch.lstm(h.gather(1, order), (zeros, zeros), back, True, 1, 0.0, False, False, True)[0]
-        order = order[:, :, : bwd.shape[2]]
-        return self.out(torch.cat([fwd, bwd.gather(1, order)], dim=2))
+        bwd = torch.lstm(h.gather(1, order.expand_as(h)), (zeros, zeros), back, True, 1, 0.0, False, False, True)[0]
+        return self.out(torch.cat([fwd, bwd.gather(1, order.expand_as(bwd))], dim=2))
 
 
 @functools.cache

@@ -109,7 +109,7 @@ class BatchSource:
         self._committed: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
-        self._empty_polls = IDLE_POLLS
+        self._quiet_polls = IDLE_POLLS
         self._paced = bool(getattr(processor, "latency_critical", False))
 
     def _new_consumer(self) -> AIOKafkaConsumer:
@@ -161,9 +161,9 @@ class BatchSource:
 
     def _pace_fetches(self, consumer: AIOKafkaConsumer, *, busy: bool) -> None:
         """The short fetch wait while busy, the configured one once idle (see the module docstring)."""
-        was_idle = self._empty_polls >= IDLE_POLLS
-        self._empty_polls = 0 if busy else self._empty_polls + 1
-        idle = self._empty_polls >= IDLE_POLLS
+        was_idle = self._quiet_polls >= IDLE_POLLS
+        self._quiet_polls = 0 if busy else self._quiet_polls + 1
+        idle = self._quiet_polls >= IDLE_POLLS
         if idle != was_idle:
             long_wait = self.settings.fetch_max_wait_ms
             set_fetch_wait(consumer, long_wait if idle else min(self.settings.busy_fetch_max_wait_ms, long_wait))
