@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,14 @@ model_store.configure(Settings.from_env().model_dir)
 
 
 @contextmanager
-def embedded_broker(directory: Path, partitions: int | None = None) -> Iterator[str]:
-    """A Tansu broker on a free port with every topic created (data topics with ``partitions``, default the
-    pipeline's); yields its bootstrap address."""
+def embedded_broker(directory: Path, partitions: int = Settings.partitions) -> Iterator[str]:
+    """A Tansu broker on a free port with every topic created (data topics with ``partitions``); yields its
+    bootstrap address."""
     from streams.runtime.embedded import EmbeddedBroker
     from streams.runtime.kafka_io import ensure_topics
 
     with EmbeddedBroker(log_path=directory / "tansu.log", tansu_bin=Settings.from_env().tansu_bin) as embedded:
-        settings = Settings(bootstrap=embedded.bootstrap)
-        if partitions is not None:
-            settings = replace(settings, partitions=partitions)
-        ensure_topics(settings, embedded.bootstrap)
+        ensure_topics(Settings(bootstrap=embedded.bootstrap, partitions=partitions), embedded.bootstrap)
         yield embedded.bootstrap
 
 
