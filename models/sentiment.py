@@ -34,6 +34,7 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
+from models.int8_kernel import fused_linear_available
 from models.model_store import FINETUNED_MODEL, HEAD_MODEL, is_built, model_dir, registry_dir
 from models.registry import Registry, verify_tree
 from models.text_types import EMBEDDING_DIMS, SENTIMENT_LABELS, Sentiment
@@ -215,6 +216,13 @@ class RowInt8Linear(nn.Module):
         self.out_features = linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and fused_linear_available():
+            return torch.ops.streamsense.row_int8_linear(x, self.weight_t, self.weight_scale, self.bias)
+        return self.unfused(x)
+
+    def unfused(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward as torch ops: the reference the fused op (`models/int8_kernel.py`) equals to the last
+        bit, and the path wherever that op cannot be built. Inference only, like the op (in-place ops)."""
         rows = x.reshape(-1, x.shape[-1])
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
         quantized = torch.round(rows / scale).to(torch.int8)

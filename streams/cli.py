@@ -406,6 +406,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             say(f"fine-tuned sentiment model: {json.dumps(report)}")
         else:
             ensure_default_models(progress=say)
+        from models.int8_kernel import fused_linear_available, library_path
+
+        say(f"fused int8 linear op: {library_path()}" if fused_linear_available()
+            else "fused int8 linear op: unavailable, int8 linears run as torch ops (see the warning above)")
     root = model_dir()
     say(f"model directory: {root}")
     for path in sorted(p for p in root.glob("*") if p.is_dir() and p.name[0] != "." and p.name != "registry"
