@@ -5,7 +5,7 @@ element-wise ops (quantize each token row, then dequantize and add the bias), ea
 its dispatch: ~23% of the encoder's time at streamed batch sizes (torch profiler, 1 thread, EPYC-512). The
 op does the same arithmetic in two passes, with outputs equal to the last bit, so it only changes speed.
 
-It is built with the system C++ compiler (`g++`, or ``$CXX``) against the installed torch, for this CPU
+It is built with the system C++ compiler (`g++`) against the installed torch, for this CPU
 (``-march=native``), into ``~/.cache/streamsense/kernels`` under a name that encodes the source, torch's
 version and the CPU's flags, so a changed machine or torch gets its own build. `streamsense models build`
 builds it; a process that finds no build compiles it on first use (~10 s on EPYC-512). Without a compiler, or
@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import platform
 import shutil
 import subprocess
@@ -51,11 +50,12 @@ def library_path() -> Path:
     return KERNEL_DIR.expanduser() / f"row_int8_linear-{key}.so"
 
 
-def build(out: Path) -> None:
-    """Compile the op into ``out`` (written beside it, then renamed: concurrent builders never see half a file)."""
+def build(out: Path, compiler: str | None = None) -> None:
+    """Compile the op into ``out`` (written beside it, then renamed: concurrent builders never see half a file)
+    with ``compiler`` (default: ``g++``, else ``c++``, from PATH)."""
     from torch.utils import cpp_extension
 
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    compiler = compiler or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
     torch_lib = Path(torch.__file__).parent / "lib"
