@@ -5,7 +5,9 @@ Both sides read the same held-out tweets from Kafka and write enriched events ba
 - naive: the loop most tutorials show — a kafka-python consumer calling one Hugging Face
   `pipeline("text-classification")` and the NER model once per message, producing each result —
   on the very same sentiment weights (the worker's model object) and the same NER model
-  (STREAMSENSE_NER_MODEL; a spaCy NER runs as the full `nlp(text)` pipeline, as tutorials do).
+  (STREAMSENSE_NER_MODEL; a spaCy NER runs as the full `nlp(text)` pipeline, as tutorials do), run eagerly
+  with the int8 linears as torch ops (`unfuse_linears`): the same arithmetic as the worker's traced graph and
+  fused op, so the same predictions, and a baseline that stays put when the serving path gets faster.
 
 Phases: (1) backlog throughput: N events produced at once, time until the last output was produced (its record
 timestamp); (2) latency at a steady rate (80% of that run's measured throughput by default), sent with a light
@@ -41,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import cpu_model
 from models.ner import load_ner, normalize_entity_label
-from models.sentiment import load_sentiment, normalize_labels
+from models.sentiment import load_sentiment, normalize_labels, unfuse_linears
+from models.token_ner import MiniLMNER
 from models.tweets import split_tweets
 from streams.contracts import topics
 from streams.contracts.records import OutRecord
@@ -166,7 +169,10 @@ def run_naive(settings: Settings, bootstrap: str, texts: list[str]) -> dict:
     from transformers import pipeline
 
     sentiment = load_sentiment("default")  # the worker's model: same weights, same int8 quantization
-    classify = pipeline("text-classification", model=sentiment.runner, tokenizer=sentiment.tokenizer, device=-1)
+    # eager and unfused, as before the pipeline's traced graph and fused op existed: same arithmetic, so the
+    # same predictions, and a reference that does not move when the serving path gets faster
+    classify = pipeline("text-classification", model=unfuse_linears(sentiment.runner), tokenizer=sentiment.tokenizer,
+                        device=-1)
     entities_of = naive_ner(settings.ner_model)
 
     prefix = f"naive-{uuid.uuid4().hex[:6]}"
@@ -210,6 +216,8 @@ def naive_ner(spec: str) -> Callable[[str], list[tuple[str, str]]]:
         return lambda text: sorted((e.text, label) for e in nlp(text).ents
                                    if (label := normalize_entity_label(e.label_)))
     ner = load_ner(spec)
+    if isinstance(ner, MiniLMNER):
+        unfuse_linears(ner.encoder)  # as the sentiment model in `run_naive`
     return lambda text: sorted((e.text, e.label) for e in ner.predict([text])[0])
 
 

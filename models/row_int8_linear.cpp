@@ -48,6 +48,10 @@ at::Tensor row_int8_linear(const at::Tensor& x, const at::Tensor& weight_t, cons
   const int64_t k = x.size(-1);
   const int64_t n = weight_t.size(1);
   TORCH_CHECK(weight_t.size(0) == k, "row_int8_linear: x has ", k, " features, weight_t expects ", weight_t.size(0));
+  TORCH_CHECK(weight_scale.scalar_type() == at::kFloat && weight_scale.numel() == n,
+              "row_int8_linear: weight_scale must hold ", n, " float32 scales");
+  TORCH_CHECK(!bias.has_value() || !bias->defined() || (bias->scalar_type() == at::kFloat && bias->numel() == n),
+              "row_int8_linear: bias must hold ", n, " float32 values");
   const at::Tensor rows = x.reshape({-1, k}).contiguous();
   const int64_t m = rows.size(0);
   at::Tensor q = at::empty({m, k}, rows.options().dtype(at::kChar));

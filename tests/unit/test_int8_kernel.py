@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import int8_kernel
-from models.sentiment import RowInt8Linear
+from models.sentiment import RowInt8Linear, unfuse_linears
 
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler: the op cannot be built")
 
@@ -50,3 +50,25 @@ def test_a_changed_source_gets_its_own_build(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(int8_kernel, "SOURCE", changed)
     assert int8_kernel.library_path() != before  # a stale build is never loaded for a new source
     assert int8_kernel.library_path().parent == before.parent
+
+
+@needs_compiler
+def test_mismatched_shapes_are_refused_with_a_reason() -> None:
+    assert int8_kernel.fused_linear_available()
+    linear = RowInt8Linear(torch.nn.Linear(8, 4))
+    with pytest.raises(RuntimeError, match="x has 6 features"):
+        torch.ops.streamsense.row_int8_linear(torch.randn(2, 6), linear.weight_t, linear.weight_scale, linear.bias)
+    with pytest.raises(RuntimeError, match="bias must hold 4"):
+        torch.ops.streamsense.row_int8_linear(torch.randn(2, 8), linear.weight_t, linear.weight_scale, torch.ones(3))
+
+
+def test_unfused_linears_give_the_same_outputs() -> None:
+    torch.manual_seed(1)
+    first, second = RowInt8Linear(torch.nn.Linear(16, 32)), RowInt8Linear(torch.nn.Linear(32, 4))
+    model = torch.nn.Sequential(first, torch.nn.GELU(), second)
+    x = torch.randn(5, 16)
+    with torch.inference_mode():
+        before = model(x)
+        assert unfuse_linears(model) is model
+        assert not any(m.fused for m in model.modules() if isinstance(m, RowInt8Linear))
+        assert torch.equal(model(x), before)
