@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("row_int8_linear.cpp")
 KERNEL_DIR = Path("~/.cache/streamsense/kernels")
 BUILD_TIMEOUT_S = 300
+# -ffp-contract=off: no fused multiply-adds, so each float operation rounds as torch's does (bit-equal outputs);
+# -fno-strict-aliasing: the dequantization writes floats over the int32 GEMM result it reads, in place
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-strict-aliasing", "-fopenmp-simd", "-std=c++17",
+         "-fPIC", "-shared")
 _loading = threading.Lock()  # one build and one load per process, whichever thread asks first
 
 
@@ -45,8 +49,10 @@ def _cpu_flags() -> str:
 
 
 def library_path() -> Path:
-    """Where this machine's build lives: one file per (source, torch version, CPU flags)."""
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + _cpu_flags().encode()).hexdigest()[:16]
+    """Where this machine's build lives: one file per (source, compiler flags, torch version, CPU flags), i.e.
+    per everything that decides the binary, so a changed input never loads a stale build."""
+    inputs = (SOURCE.read_bytes(), " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode())
+    key = hashlib.sha256(b"\0".join(inputs)).hexdigest()[:16]
     return KERNEL_DIR.expanduser() / f"row_int8_linear-{key}.so"
 
 
@@ -64,8 +70,7 @@ def build(out: Path, compiler: str | None = None) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         partial = Path(tmp) / out.name
         command = [
-            compiler, "-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-std=c++17", "-fPIC",
-            "-shared", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+            compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             *(f"-I{p}" for p in cpp_extension.include_paths()),
             str(SOURCE), "-o", str(partial),
             f"-L{torch_lib}", "-lc10", "-ltorch", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}",

@@ -3,8 +3,8 @@
 // The Python forward runs ~12 ops around each GEMM (abs, amax, clamp, div, round, to int8, to float, two
 // scale multiplies, bias add, reshapes), each a full pass over memory plus its dispatch; here the per-row
 // quantization is one pass and the dequantization one more. Every float operation is the one torch does, in
-// the same order (built with -ffp-contract=off, so no fused multiply-adds), so the output is equal to the
-// Python forward to the last bit: the op is a faster path, not another model.
+// the same order (built with -ffp-contract=off, so no fused multiply-adds: FLAGS in models/int8_kernel.py), so
+// the output is equal to the Python forward to the last bit: the op is a faster path, not another model.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -39,6 +39,24 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int8_t* q, float* sc
   });
 }
 
+// out[r][j] = (acc[r][j] * row_scale[r]) * col_scale[j] (+ bias[j]): torch's mul_, mul_, add_ in one pass.
+// `out` may be `acc` itself (same size): each element is read before it is written.
+void dequantize_rows(const int32_t* acc, int64_t rows, int64_t n, const float* row_scale, const float* col_scale,
+                     const float* bias, float* out) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float s = row_scale[r];
+      const int32_t* in = acc + r * n;
+      float* o = out + r * n;
+      if (bias != nullptr) {
+        for (int64_t j = 0; j < n; ++j) o[j] = (static_cast<float>(in[j]) * s) * col_scale[j] + bias[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) o[j] = (static_cast<float>(in[j]) * s) * col_scale[j];
+      }
+    }
+  });
+}
+
 }  // namespace
 
 at::Tensor row_int8_linear(const at::Tensor& x, const at::Tensor& weight_t, const at::Tensor& weight_scale,
@@ -50,7 +68,8 @@ at::Tensor row_int8_linear(const at::Tensor& x, const at::Tensor& weight_t, cons
   TORCH_CHECK(weight_t.size(0) == k, "row_int8_linear: x has ", k, " features, weight_t expects ", weight_t.size(0));
   TORCH_CHECK(weight_scale.scalar_type() == at::kFloat && weight_scale.numel() == n,
               "row_int8_linear: weight_scale must hold ", n, " float32 scales");
-  TORCH_CHECK(!bias.has_value() || !bias->defined() || (bias->scalar_type() == at::kFloat && bias->numel() == n),
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  TORCH_CHECK(!b.defined() || (b.scalar_type() == at::kFloat && b.numel() == n),
               "row_int8_linear: bias must hold ", n, " float32 values");
   const at::Tensor rows = x.reshape({-1, k}).contiguous();
   const int64_t m = rows.size(0);
@@ -59,26 +78,10 @@ at::Tensor row_int8_linear(const at::Tensor& x, const at::Tensor& weight_t, cons
   quantize_rows(rows.data_ptr<float>(), m, k, q.data_ptr<int8_t>(), scales.data_ptr<float>());
 
   at::Tensor acc = at::_int_mm(q, weight_t).contiguous();  // (m, n) int32, exact
-  at::Tensor out = acc.view(at::kFloat);  // dequantized in place: same size, each element read before written
-  const float* rs = scales.data_ptr<float>();
+  at::Tensor out = acc.view(at::kFloat);  // dequantized in place
   const at::Tensor ws = weight_scale.contiguous();
-  const float* cs = ws.data_ptr<float>();
-  at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  int32_t* ip = acc.data_ptr<int32_t>();
-  float* fp = out.data_ptr<float>();
-  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float s = rs[r];
-      const int32_t* in = ip + r * n;
-      float* o = fp + r * n;
-      if (bp != nullptr) {
-        for (int64_t j = 0; j < n; ++j) o[j] = (static_cast<float>(in[j]) * s) * cs[j] + bp[j];
-      } else {
-        for (int64_t j = 0; j < n; ++j) o[j] = (static_cast<float>(in[j]) * s) * cs[j];
-      }
-    }
-  });
+  dequantize_rows(acc.data_ptr<int32_t>(), m, n, scales.data_ptr<float>(), ws.data_ptr<float>(),
+                  b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
   shape.push_back(n);
   return out.view(shape);
