@@ -28,7 +28,7 @@ from streams.contracts.deadletter import dead_letter
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import now_ms
 from streams.runtime.delivery import Delivery, DeliveryFailed, Send
-from streams.runtime.heap import HeapTrimmer
+from streams.runtime.heap import HeapTrimmer, freeze_loaded
 from streams.runtime.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,13 @@ class ProcessorRunner:
         if not isinstance(processor, HotSwappable):
             raise TypeError(f"processor {processor.name!r} does not declare the hot-swap capability")
         started = time.perf_counter()
-        serving = await self.call(lambda: processor.load_model(model, version))
+
+        def load() -> str:
+            loaded = processor.load_model(model, version)
+            freeze_loaded()  # the old model's frozen cycles collected, the new model frozen (heap.py)
+            return loaded
+
+        serving = await self.call(load)
         self.publish_model_info()
         log.info("%s: now serving %s for %s (swapped in %.1f s)", processor.name, serving, model,
                  time.perf_counter() - started)

@@ -26,6 +26,7 @@ from streams.runtime.agent import attach, attach_ticker, faust_sender
 from streams.runtime.batch_source import BatchSource, batch_group_id
 from streams.runtime.faust_app import create_app
 from streams.runtime.handover import Handover
+from streams.runtime.heap import freeze_loaded
 from streams.runtime.kafka_io import describe_topics, ensure_topics, wait_for_broker
 from streams.runtime.model_updates import ModelUpdateFollower
 from streams.runtime.recovery import inherited_offsets, restore_from_kafka
@@ -266,6 +267,8 @@ def build_app(settings: Settings, bootstrap: str, names: Sequence[str], progress
         delivered (the producer still runs) and their offsets committed."""
         await asyncio.gather(*(source.stop() for source in sources))
 
+    frozen = freeze_loaded()  # the loaded models out of every later full collection (heap.py)
+    log.info("froze %d long-lived objects out of the cyclic GC", frozen)
     readiness.models_loaded = True
     handover = Handover(runners, lambda runner, partitions: restore_from_kafka(
         runner.processor, runner.state, settings, bootstrap, progress, partitions))

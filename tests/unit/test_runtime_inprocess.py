@@ -3,9 +3,11 @@ ticks, checkpoints after the outputs they account for, and the hot-swap seam —
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -17,6 +19,7 @@ from streams.contracts import topics
 from streams.contracts.records import OutRecord, RawRecord
 from streams.contracts.schemas import encode, text_in_event
 from streams.contracts.state import Checkpoint, decode_state_record
+from streams.runtime.heap import freeze_loaded
 from streams.runtime.testing import InProcessWorker, TestingSink, restart
 
 
@@ -167,6 +170,32 @@ def test_hot_swap_happens_between_batches_and_the_next_output_names_the_new_vers
     assert json.loads(worker.run([text_rec(2)])[0].value)["models"]["sentiment"] == "sentiment-minilm-head@v2"
     with pytest.raises(KeyError, match="text cannot load 'ner'"):
         worker.swap("ner", "x")
+
+
+def test_a_swapped_out_model_is_freed_although_the_worker_froze_it() -> None:
+    """The worker freezes its loaded models (heap.py); the model a swap drops must not stay behind as frozen
+    cyclic garbage, or every retrained model swapped in would leak the one before it."""
+
+    class CyclicModel:
+        def __init__(self, version: str) -> None:
+            self.version, self.me = version, self
+
+    class ServingEnricher(KeywordEnricher):
+        def replace(self, kind: str, model: CyclicModel) -> None:
+            self.serving = model
+            super().replace(kind, model.version)
+
+    enricher = ServingEnricher()
+    enricher.replace("sentiment", CyclicModel("v1"))
+    gone = weakref.ref(enricher.serving)
+    processor = TextEnrichmentProcessor(enricher, loaders={"sentiment": CyclicModel})
+    worker = InProcessWorker(processor)
+    try:
+        freeze_loaded()
+        worker.swap("sentiment", "v2")
+        assert gone() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_capabilities_are_declared_and_checked() -> None:
