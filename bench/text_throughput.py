@@ -16,8 +16,11 @@ the event's `ts` to its output's record timestamp, i.e. the moment the worker pr
 consumer on Apache Kafka gets it one fetch round trip later). Not the bench consumer's receive time: the
 embedded broker holds a waiting fetch for its whole wait (DESIGN.md), so that time measures the bench's
 polling (a 10 ms poll took ~0.2-0.3 of a core from the worker on 2 cores and still added its wait).
-Both sides run `--runs` times (a fresh worker and fresh baseline models each time) and the medians are
-reported, since one run on a shared 2-core machine moves by 20% or more. The last line prints the ratio of the medians.
+Both sides run `--runs` times (a fresh embedded broker, worker and baseline models each time) and the medians
+are reported, since one run on a shared 2-core machine moves by 20% or more. A fresh broker per run, because the
+embedded broker (memory storage) slows as its log grows: five runs on one broker fell 347 → 306 → 290 → 278 →
+266 events/s (the next five 331 → 270), five on fresh brokers gave 343 / 334 / 342 / 323 / 341 (EPYC-512), so on
+one broker the median depended on the number of runs. The last line prints the ratio of the medians.
 
     .venv/bin/python bench/text_throughput.py [--events 2000] [--baseline-events 300] [--runs 3]
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import json
 import os
 import statistics
@@ -83,10 +87,8 @@ def wait_outputs(settings: Settings, bootstrap: str, topic: str, prefix: str, wa
 
 def run_pipeline(settings: Settings, bootstrap: str, texts: list[str], rate_fraction: float, latency_s: float,
                  log_dir: Path, app_id: str, workers: int = 1, threads: int = 0) -> dict:
-    """``app_id`` is the same for every run of one bench: each fresh worker resumes at the committed offsets of
-    the one before, instead of first re-reading every earlier run's inputs (a new group starts at the earliest
-    offset, which made each run slower than the last). ``workers`` > 1: that many worker processes in the group
-    (text.in's partitions split between them), each on ``threads`` torch threads (0: the worker's default)."""
+    """``workers`` > 1: that many worker processes in the group ``app_id`` (text.in's partitions split between
+    them), each on ``threads`` torch threads (0: the worker's default)."""
     env = {"STREAMSENSE_TORCH_THREADS": str(threads)} if threads else {}
     started = [WorkerProcess(bootstrap, log_dir, app_id=app_id, env=env).start() for _ in range(workers)]
     try:
@@ -161,7 +163,14 @@ def paced_send(settings: Settings, bootstrap: str, records: list[OutRecord], rat
         finally:
             await producer.stop()
 
-    asyncio.run(send())
+    # the bench process holds the naive side's models from earlier runs: a full collection of that heap took
+    # ~270 ms, a stall of the sender that would count against the worker; nothing here needs the cyclic GC
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(send())
+    finally:
+        gc.enable()
 
 
 def run_naive(settings: Settings, bootstrap: str, texts: list[str]) -> dict:
@@ -251,17 +260,16 @@ def main() -> int:
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {len(texts)} held-out tweets; "
           f"text batch {settings.text_batch_size} / {settings.text_batch_ms} ms, "
           f"{args.workers} worker(s), torch threads {args.threads or 'default'}", flush=True)
-    app_id = f"bench-{uuid.uuid4().hex[:6]}"
     fast_runs: list[dict] = []
     naive_runs: list[dict] = []
-    with EmbeddedBroker(tansu_bin=settings.tansu_bin) as broker:
-        settings = dataclasses.replace(settings, bootstrap=broker.bootstrap)
-        ensure_topics(settings, broker.bootstrap)
-        ensure_topics(settings, broker.bootstrap, [BASELINE_IN, BASELINE_OUT])
-        for run in range(1, args.runs + 1):
+    for run in range(1, args.runs + 1):
+        with EmbeddedBroker(tansu_bin=settings.tansu_bin) as broker:  # fresh each run: see the docstring
+            settings = dataclasses.replace(settings, bootstrap=broker.bootstrap)
+            ensure_topics(settings, broker.bootstrap)
+            ensure_topics(settings, broker.bootstrap, [BASELINE_IN, BASELINE_OUT])
             print(f"run {run}/{args.runs}: streamsense pipeline: starting worker...", flush=True)
             fast = run_pipeline(settings, broker.bootstrap, texts, args.rate_fraction, args.latency_seconds, log_dir,
-                                app_id, args.workers, args.threads)
+                                f"bench-{uuid.uuid4().hex[:6]}", args.workers, args.threads)
             print(f"run {run}: streamsense pipeline: {fast['events']} events in {fast['seconds']:.2f} s = "
                   f"{fast['throughput']:.1f} events/s; at {fast['rate']:.0f} events/s steady "
                   f"({args.rate_fraction:.0%}): p50 {fast['p50_ms']:.0f} ms, p99 {fast['p99_ms']:.0f} ms end to end",
