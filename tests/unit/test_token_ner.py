@@ -14,7 +14,16 @@ from models.conll import Sentence, parse, score_spans, tag_spans
 from models.enrichment import TextEnricher, load_enricher
 from models.ner import SPACY_NER, load_ner
 from models.sentiment_training import encoder_path, ensure_default_models
-from models.token_ner import TAGS, MiniLMNER, TaggerHead, decode_entities, shape_features, subword_labels, viterbi
+from models.token_ner import (
+    TAGS,
+    MiniLMNER,
+    TaggerHead,
+    decode_entities,
+    shape_features,
+    subword_labels,
+    viterbi,
+    word_spans,
+)
 
 
 def test_tag_spans_read_iob1_and_iob2() -> None:
@@ -43,6 +52,21 @@ def test_viterbi_never_opens_with_or_jumps_into_an_inside_tag() -> None:
     path = [TAGS[i] for i in viterbi(lp)]
     assert not path[0].startswith("I-")
     assert all(not b.startswith("I-") or a[2:] == b[2:] for a, b in itertools.pairwise(path))
+
+
+def test_viterbi_is_the_best_valid_path_whether_or_not_the_greedy_one_is_valid() -> None:
+    """Against every path of short sequences: the greedy shortcut must not change the answer."""
+    rng = np.random.default_rng(0)
+    valid = [p for p in itertools.product(range(len(TAGS)), repeat=3)
+             if not TAGS[p[0]].startswith("I-")
+             and all(not TAGS[b].startswith("I-") or TAGS[a][2:] == TAGS[b][2:] for a, b in itertools.pairwise(p))]
+    greedy_valid = 0
+    for _ in range(300):
+        lp = np.log(rng.dirichlet(np.full(len(TAGS), 0.3), size=3))
+        best = max(valid, key=lambda p: sum(lp[i, t] for i, t in enumerate(p)))
+        greedy_valid += tuple(lp.argmax(1)) in set(valid)
+        assert tuple(viterbi(lp)) == best
+    assert 30 < greedy_valid < 270  # both branches were exercised
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +98,22 @@ def test_shape_features_see_the_case_the_uncased_encoder_drops(tokenizer: AutoTo
         features = shape_features(text, enc.word_ids(0), enc["offset_mapping"][0])
         assert features[1, 0] == capital and features[1, 5] == caps_sentence
         assert (features[0] == 0).all()  # [CLS] carries no word
+
+
+def test_shape_features_are_per_word_and_mark_each_word_start(tokenizer: AutoTokenizer) -> None:
+    text = "Unbelievably UNHCR said 42 !"
+    enc = tokenizer([text], return_offsets_mapping=True)
+    word_ids = enc.word_ids(0)
+    features = shape_features(text, word_ids, enc["offset_mapping"][0])
+    pieces = {w: [i for i, x in enumerate(word_ids) if x == w] for w in set(word_ids) - {None}}
+    assert max(len(rows) for rows in pieces.values()) > 1  # some word is several subwords
+    for rows in pieces.values():
+        assert all((features[i, :7] == features[rows[0], :7]).all() for i in rows)  # its word's features
+        assert [features[i, 7] for i in rows] == [1.0] + [0.0] * (len(rows) - 1)  # the start, once
+    by_word = {text[a:b]: features[first] for first, a, b in word_spans(word_ids, enc["offset_mapping"][0])}
+    assert by_word["UNHCR"][1] == 1.0 and by_word["42"][3] == 1.0 and by_word["!"][4] == 1.0
+    assert by_word["Unbelievably"][6] == 1.0 and by_word["said"][2] == 1.0
+    assert (features[[i for i, w in enumerate(word_ids) if w is None]] == 0).all()
 
 
 @pytest.fixture(scope="module")
