@@ -140,18 +140,22 @@ def paced_send(settings: Settings, bootstrap: str, records: list[OutRecord], rat
 
     from streams.runtime.batch_source import aiokafka_kwargs
 
-    start = time.time() + 0.2 + len(records) * 20e-6  # the encoding below ends before the first event is due
-    events = []
-    for i, rec in enumerate(records):
-        event = json.loads(rec.value)
-        event["ts"] = round((start + i / rate) * 1000)
-        events.append((rec.topic, rec.key, encode(event)))
+    parsed = [(rec.topic, rec.key, json.loads(rec.value)) for rec in records]
 
     async def send() -> None:
         producer = AIOKafkaProducer(**aiokafka_kwargs(settings, bootstrap), acks="all",
                                     max_request_size=settings.max_message_bytes)
         await producer.start()
         try:
+            for topic in {topic for topic, _key, _event in parsed}:
+                await producer.partitions_for(topic)  # metadata now, not at the first send
+            # the clock starts once the producer is ready: a sender that starts late sends its first events in
+            # one burst, a transient of the load generator, not the worker's steady state
+            start = time.time() + 0.05 + len(parsed) * 20e-6  # the encoding below ends before the first is due
+            events = []
+            for i, (topic, key, event) in enumerate(parsed):
+                event["ts"] = round((start + i / rate) * 1000)
+                events.append((topic, key, encode(event)))
             sent, next_index = [], 0
             while next_index < len(events):
                 await asyncio.sleep(max(start + next_index / rate - time.time(), PACER_TICK_S))
