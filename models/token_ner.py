@@ -68,8 +68,9 @@ class TaggerHead(nn.Module):
         steps = torch.arange(x.shape[1])
         n = torch.tensor(list(lengths))[:, None]
         real = steps < n
-        h = x.new_zeros(*x.shape[:2], self.proj[1].out_features)
-        h[real] = self.proj(x[real])  # the projection, a per-token GEMM, on real tokens only (no padding)
+        projected = self.proj(x[real])  # a per-token GEMM: on real tokens only, not on the padding
+        h = projected.new_zeros(*x.shape[:2], projected.shape[-1])
+        h[real] = projected
         order = torch.where(real, n - 1 - steps, steps)[:, :, None]  # (rows, steps, 1): each row's reversal
         lstm = self.lstm
         weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)

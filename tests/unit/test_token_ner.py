@@ -57,14 +57,14 @@ def test_viterbi_never_opens_with_or_jumps_into_an_inside_tag() -> None:
 def test_viterbi_is_the_best_valid_path_whether_or_not_the_greedy_one_is_valid() -> None:
     """Against every path of short sequences: the greedy shortcut must not change the answer."""
     rng = np.random.default_rng(0)
-    valid = [p for p in itertools.product(range(len(TAGS)), repeat=3)
+    valid = {p for p in itertools.product(range(len(TAGS)), repeat=3)
              if not TAGS[p[0]].startswith("I-")
-             and all(not TAGS[b].startswith("I-") or TAGS[a][2:] == TAGS[b][2:] for a, b in itertools.pairwise(p))]
+             and all(not TAGS[b].startswith("I-") or TAGS[a][2:] == TAGS[b][2:] for a, b in itertools.pairwise(p))}
     greedy_valid = 0
     for _ in range(300):
         lp = np.log(rng.dirichlet(np.full(len(TAGS), 0.3), size=3))
         best = max(valid, key=lambda p: sum(lp[i, t] for i, t in enumerate(p)))
-        greedy_valid += tuple(lp.argmax(1)) in set(valid)
+        greedy_valid += tuple(lp.argmax(1)) in valid
         assert tuple(viterbi(lp)) == best
     assert 30 < greedy_valid < 270  # both branches were exercised
 
