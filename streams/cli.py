@@ -402,10 +402,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         from models.sentiment_training import build_sentiment, ensure_default_models
 
         if args.fine_tune:
-            report = build_sentiment("finetune", epochs=args.epochs, progress=say)
+            report = build_sentiment("finetune", epochs=args.epochs, progress=say,
+                                     **({} if args.encoder_layers is None else {"encoder_layers": args.encoder_layers}))
             say(f"fine-tuned sentiment model: {json.dumps(report)}")
         else:
-            ensure_default_models(progress=say)
+            ensure_default_models(progress=say, encoder_layers=args.encoder_layers)
         from models.int8_kernel import fused_linear_available, library_path
 
         say(f"fused int8 linear op: {library_path()}" if fused_linear_available()
@@ -629,6 +630,10 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--reason", help="promote/rollback: recorded in the registry and on model.updates")
     m.add_argument("--fine-tune", action="store_true", help="full fine-tune of the sentiment model (~20 min/epoch)")
     m.add_argument("--epochs", type=int, default=1)
+    m.add_argument("--encoder-layers", type=int, choices=range(1, 7), metavar="N",
+                   help="build: the sentiment and NER heads on the encoder's first N of 6 layers, rebuilding heads "
+                        "built on another depth (4: ~1.25x faster per text, sentiment accuracy -0.8 points; "
+                        "README, 'A shallower encoder'); default: keep what is built, else 6")
     m.set_defaults(func=cmd_models)
 
     rt = kafka(sub.add_parser("retrain", help="request a retrain of a model (the retrainer processor runs it)"))

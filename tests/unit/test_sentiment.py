@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,49 @@ def test_default_is_the_registry_champion_once_there_is_one_and_its_digest_is_ch
         weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
         with pytest.raises(RegistryError, match="sha256"):
             load_classifier("default")
+    finally:
+        model_store.configure(previous)
+
+
+def test_models_build_keeps_a_chosen_encoder_depth_and_the_ner_head_follows_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models build` without --encoder-layers keeps what is built; with it, rebuilds heads of another depth;
+    the NER head is always built on the sentiment head's depth (one shared pass). Builds are recorded, not run."""
+    from models import ner_training, sentiment_training
+    from models.model_store import NER_MODEL
+
+    built: list[tuple[str, int]] = []
+
+    def fake_sentiment(kind: str, out: Path, *, progress: object, encoder_layers: int) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"num_hidden_layers": encoder_layers}))
+        (out / "metrics.json").write_text(json.dumps({"recipe": sentiment_training.HEAD_RECIPE}))
+        (out / "model.safetensors").write_bytes(b"")
+        built.append(("sentiment", encoder_layers))
+
+    def fake_ner(out: Path, *, progress: object, encoder_layers: int) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"encoder_layers": encoder_layers}))
+        (out / "metrics.json").write_text(json.dumps({"recipe": ner_training.NER_RECIPE}))
+        (out / "head.safetensors").write_bytes(b"")
+        built.append(("ner", encoder_layers))
+
+    monkeypatch.setattr(sentiment_training, "build_sentiment", fake_sentiment)
+    monkeypatch.setattr(ner_training, "build_ner", fake_ner)
+    previous = model_store.configure(tmp_path)
+    try:
+        def build(layers: int | None) -> list[tuple[str, int]]:
+            built.clear()
+            ensure_default_models(progress=lambda _msg: None, encoder_layers=layers)
+            return list(built)
+
+        assert build(None) == [("sentiment", 6), ("ner", 6)]  # nothing built: the whole encoder
+        assert build(None) == []
+        assert build(4) == [("sentiment", 4), ("ner", 4)]
+        assert build(None) == [] and build(4) == []  # a chosen depth stays
+        shutil.rmtree(tmp_path / NER_MODEL)
+        assert build(None) == [("ner", 4)]  # a missing NER head follows the sentiment head's depth
+        assert build(6) == [("sentiment", 6), ("ner", 6)]
     finally:
         model_store.configure(previous)
 

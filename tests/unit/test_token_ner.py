@@ -4,6 +4,7 @@ the cases the spaCy default got wrong (clubs named after cities, headlines in ca
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +12,11 @@ import torch
 from transformers import AutoTokenizer
 
 from models.conll import Sentence, parse, score_spans, tag_spans
-from models.enrichment import TextEnricher, load_enricher
+from models.enrichment import TextEnricher, load_enricher, shares_encoder
 from models.ner import SPACY_NER, load_ner
-from models.sentiment_training import encoder_path, ensure_default_models
+from models.ner_training import head_layers, ner_encoder_layers, new_head_dir
+from models.sentiment import TransformerSentiment
+from models.sentiment_training import encoder_path, ensure_default_models, load_encoder, new_model
 from models.token_ner import (
     TAGS,
     MiniLMNER,
@@ -165,6 +168,35 @@ def test_one_encoder_pass_serves_sentiment_and_entities(ner: MiniLMNER) -> None:
     assert [s.label for s, _ in shared] == [s.label for s, _ in separate]
     assert [_pairs(e) for _, e in shared] == [_pairs(e) for _, e in separate]
     assert len(shared[2][1]) >= 60  # entities past the 128th token too: NER encoded that text itself
+
+
+def test_a_shallower_encoder_is_the_first_layers_and_heads_built_on_it_share_its_pass(tmp_path: Path) -> None:
+    """`streamsense models build --encoder-layers 4`: both heads read a 4-layer cut of the same encoder, so a
+    worker still runs one encoder pass; a head built on 4 layers never pairs with a 6-layer sentiment model."""
+    full, cut = load_encoder(), load_encoder(4)
+    assert len(cut.encoder.layer) == cut.config.num_hidden_layers == 4
+    full_state = full.state_dict()
+    assert all(torch.equal(t, full_state[k]) for k, t in cut.state_dict().items())
+    assert len(full_state) > len(cut.state_dict())
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="between 1 and 6"):
+            load_encoder(bad)
+    assert (head_layers(), head_layers(4), head_layers(2)) == ((4, 5, 6), (2, 3, 4), (1, 2))
+
+    new_head_dir(tmp_path / "ner", encoder_layers=4)  # an untrained head: the seam, not the quality
+    ner = MiniLMNER(tmp_path / "ner")
+    assert ner.layers == (2, 3, 4) and ner_encoder_layers(tmp_path / "ner") == 4
+    (model4, tokenizer), (model6, _) = new_model("t", "4", layers=4), new_model("t", "6")
+    assert model4.config.num_hidden_layers == 4
+    shallow, whole = TransformerSentiment(model4, tokenizer, "t@4"), TransformerSentiment(model6, tokenizer, "t@6")
+    assert shares_encoder(shallow, ner) and not shares_encoder(whole, ner)
+    texts = ["Leeds beat Chelsea and I love it!", "Terrible service from Delta in Atlanta today."]
+    shared = TextEnricher(shallow, ner).enrich(texts)
+    apart = TextEnricher(shallow, ner)
+    apart.shared_encoder = False
+    separate = apart.enrich(texts)
+    assert [s.label for s, _ in shared] == [s.label for s, _ in separate]
+    assert [_pairs(e) for _, e in shared] == [_pairs(e) for _, e in separate]
 
 
 def test_serving_the_head_unpacked_gives_the_packed_tags_for_any_batch() -> None:
