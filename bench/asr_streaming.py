@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -59,6 +58,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import cpu_model
 from models.wer import edit_distance, normalize
 from streams.contracts import topics
 from streams.contracts.audio_chunks import chunk_headers
@@ -319,7 +319,7 @@ def main() -> int:
         return 2
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; model {args.model}; chunks {args.chunk_ms} ms",
           flush=True)
     work = Path(tempfile.mkdtemp(prefix="streamsense-asr-bench-"))

@@ -46,8 +46,10 @@ from kafka import KafkaConsumer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import cpu_model
+from models import model_store
 from models.ner import load_ner, normalize_entity_label
-from models.sentiment import load_sentiment, normalize_labels, unfuse_linears
+from models.sentiment import default_model_path, load_sentiment, normalize_labels, unfuse_linears
+from models.sentiment_training import encoder_layers_of
 from models.token_ner import MiniLMNER
 from models.tweets import split_tweets
 from streams.contracts import topics
@@ -261,9 +263,11 @@ def main() -> int:
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamsense-bench-{uuid.uuid4().hex[:6]}"
     log_dir.mkdir(parents=True)
     settings = Settings.from_env()
+    model_store.configure(settings.model_dir)  # the baseline loads the models the workers load
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {len(texts)} held-out tweets; "
           f"text batch {settings.text_batch_size} / {settings.text_batch_ms} ms, "
-          f"{args.workers} worker(s), torch threads {args.threads or 'default'}", flush=True)
+          f"{args.workers} worker(s), torch threads {args.threads or 'default'}; models in {model_store.model_dir()} "
+          f"(sentiment encoder {encoder_layers_of(default_model_path())} layers)", flush=True)
     fast_runs: list[dict] = []
     naive_runs: list[dict] = []
     for run in range(1, args.runs + 1):
