@@ -185,7 +185,7 @@ def test_a_worker_rides_out_a_kill_9_restart_of_its_durable_broker(tmp_path: Pat
     for 10 s, then restarts on the same data dir and port (the only address the worker knows). The worker
     reconnects by itself and every input id comes out on text.enriched (duplicates allowed: at-least-once);
     every input and output the broker acknowledged before the kill is still readable after it."""
-    data_dir, prefix, n = tmp_path / "data", f"restart-{uuid.uuid4().hex[:6]}", 1200
+    data_dir, prefix, n = tmp_path / "data", f"restart-{uuid.uuid4().hex[:6]}", 4000
     broker, worker = durable_broker(data_dir).start(), None
     try:
         bootstrap = broker.bootstrap
@@ -197,14 +197,10 @@ def test_a_worker_rides_out_a_kill_9_restart_of_its_durable_broker(tmp_path: Pat
                               f"{prefix}-a")
         produce(bootstrap, before)  # returns once every record is acknowledged (acks=all)
         collect(bootstrap, topics.TEXT_ENRICHED, 40, match=prefix, worker=worker)
-        # Freeze the worker while the test reads what the broker acknowledged, so that the kill lands
-        # mid-stream however fast the machine (a faster worker once finished all 1,200 during this read).
-        os.kill(worker.proc.pid, signal.SIGSTOP)
         acked_outputs = {(r.partition, r.offset, r.key)
                          for r in read_topic(settings, bootstrap, topics.TEXT_ENRICHED, timeout_s=2)}
         done_before = {key for _p, _o, key in acked_outputs if key and key.startswith(prefix.encode())}
         kill_9(broker)
-        os.kill(worker.proc.pid, signal.SIGCONT)  # it wakes up against a dead broker
         assert len(done_before) < n, "the worker finished before the kill: raise n"  # it is mid-stream
         time.sleep(10)  # the broker is down; the worker keeps running against nothing
         assert worker.proc is not None and worker.proc.poll() is None, worker.log()[-3000:]
