@@ -23,6 +23,9 @@ def cpu_model() -> str:
         pass
     name = info.get("model name") or platform.processor() or platform.machine()
     flags = set(info.get("flags", "").split())
-    features = [label for flag, label in _FEATURES if flag in flags] or ["AVX2"] * ("avx2" in flags)
-    family = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info else []
-    return f"{name} ({', '.join(family + features)})" if family or features else name
+    features = [label for flag, label in _FEATURES if flag in flags]
+    if not features and "avx2" in flags:
+        features = ["AVX2"]
+    if "cpu family" in info:
+        features.insert(0, f"family {info['cpu family']} model {info['model']}")
+    return f"{name} ({', '.join(features)})" if features else name

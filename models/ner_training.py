@@ -40,16 +40,14 @@ Progress = Callable[[str], None]
 # Bump when the recipe changes: a cached build with another recipe is rebuilt instead of served.
 NER_RECIPE = 2
 HEAD_LAYERS = 3  # the head reads the concatenated states of the encoder's top three layers
+MAX_LENGTH = 512
+EPOCHS = 6
+CAPS_COPIES = 0.25  # share of training sentences also shown in capitals (see _Split)
 
 
 def head_layers(encoder_layers: int = ENCODER_LAYERS) -> tuple[int, ...]:
     """The hidden states the head reads: the top three of the encoder it is built on (4-6 of the whole one)."""
     return tuple(range(max(1, encoder_layers - HEAD_LAYERS + 1), encoder_layers + 1))
-
-
-MAX_LENGTH = 512
-EPOCHS = 6
-CAPS_COPIES = 0.25  # share of training sentences also shown in capitals (see _Split)
 
 
 class _Split:

@@ -287,12 +287,11 @@ def ensure_default_models(progress: Progress = print, encoder_layers: int | None
 
 def ensure_default_sentiment(progress: Progress = print, encoder_layers: int | None = None) -> None:
     target = model_dir() / HEAD_MODEL
-    layers = ENCODER_LAYERS if encoder_layers is None else encoder_layers
+    built_layers = encoder_layers_of(target) if is_built(target) else ENCODER_LAYERS
+    layers = built_layers if encoder_layers is None else encoder_layers  # a rebuild keeps a chosen depth
     if is_built(target):
         recipe = json.loads((target / "metrics.json").read_text()).get("recipe") if (
             target / "metrics.json").is_file() else None
-        built_layers = encoder_layers_of(target)
-        layers = built_layers if encoder_layers is None else encoder_layers  # a rebuild keeps a chosen depth
         if recipe != HEAD_RECIPE:
             progress(f"{target} was built with recipe {recipe}, this build uses {HEAD_RECIPE}: rebuilding")
         elif encoder_layers is not None and built_layers != encoder_layers:

@@ -399,11 +399,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action in ("show", "promote", "rollback"):
         return registry_command(args)
     if args.action == "build":
-        from models.sentiment_training import build_sentiment, ensure_default_models
+        from models.sentiment_training import ENCODER_LAYERS, build_sentiment, ensure_default_models
 
         if args.fine_tune:
             report = build_sentiment("finetune", epochs=args.epochs, progress=say,
-                                     **({} if args.encoder_layers is None else {"encoder_layers": args.encoder_layers}))
+                                     encoder_layers=args.encoder_layers or ENCODER_LAYERS)
             say(f"fine-tuned sentiment model: {json.dumps(report)}")
         else:
             ensure_default_models(progress=say, encoder_layers=args.encoder_layers)
